@@ -1,0 +1,41 @@
+# chexplain: `make run` runs the study, `make test` runs every test. `make help` lists all targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= default
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: help install run test lab bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -c "import helpers, torch, zennit, pytorch_grad_cam, torchxrayvision, nbmake, papermill"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv (if missing) and install the project with its dev extras
+
+run: $(STAMP) ## Run the notebooks in order with papermill (PROFILE=default); executed copies in runs/<profile>/notebooks
+	mkdir -p runs/$(PROFILE)/notebooks
+	set -e; for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb ($(PROFILE))"; \
+	  CHEXPLAIN_PROFILE=$(PROFILE) $(BIN)/papermill --cwd notebooks --progress-bar $$nb \
+	    runs/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE); \
+	done
+
+test: $(STAMP) ## Unit tests plus every notebook in the smoke profile
+	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests notebooks --nbmake --nbmake-timeout=1200
+
+lab: $(STAMP) ## Open JupyterLab on the notebooks
+	$(BIN)/jupyter lab notebooks
+
+bench: $(STAMP) ## Run the benchmarks in benchmarks/ and print their tables
+	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+clean: ## Remove run folders (data caches, checkpoints, executed notebooks); keeps .venv
+	rm -rf runs

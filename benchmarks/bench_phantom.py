@@ -1,0 +1,62 @@
+"""Phantom generation speed: images per second at 128 px on one core (target >= 500).
+
+Times :func:`helpers.phantom.generate` end to end (labels, rendering, JPEG files, RLE masks, CSVs,
+JSON) into a temporary folder, with BLAS/OpenMP pinned to one thread. Run: ``python benchmarks/bench_phantom.py``.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from helpers import phantom  # noqa: E402
+
+
+def render_ms_per_image(n: int, size: int, findings: bool) -> float:
+    """Milliseconds per image for rendering alone (no files), with CheXpert-like findings or none."""
+    rng = np.random.default_rng(0)
+    scene = phantom.sample_scene(n, rng)
+    strength = phantom.drawing_strength(phantom.sample_labels(n, rng, min_prevalence=0.1), rng)
+    strength *= float(findings)
+    start = time.perf_counter()
+    for first in range(0, n, phantom.BATCH):
+        rows = slice(first, first + phantom.BATCH)
+        phantom.render({k: v[rows] for k, v in scene.items()}, strength[rows], size)
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rates = []
+    for repeat in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            phantom.generate(Path(tmp) / "phantom", args.images, args.size, seed=repeat, n_valid=1)
+            rates.append(args.images / (time.perf_counter() - start))
+    print(f"| benchmark | images | size | best images/s | median images/s | target |")
+    print(f"|---|---|---|---|---|---|")
+    print(f"| phantom.generate (1 thread) | {args.images} | {args.size} | {max(rates):.0f} | "
+          f"{sorted(rates)[len(rates) // 2]:.0f} | >= 500 |")
+    total = 1e3 / max(rates)
+    anatomy = render_ms_per_image(1024, args.size, findings=False)
+    with_findings = render_ms_per_image(1024, args.size, findings=True)
+    print(f"\nper image at {args.size} px: {total:.2f} ms in all; render {with_findings:.2f} ms "
+          f"(anatomy + exposure {anatomy:.2f} ms, findings {with_findings - anatomy:.2f} ms); "
+          f"files, RLE masks, CSV and JSON {max(total - with_findings, 0):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Paper figures: PDF with embedded TrueType fonts plus 300-dpi PNG, at IEEE column widths."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from helpers import labels
+from helpers.data import atomic_path
+
+#: IEEE one- and two-column figure widths, inches.
+ONE_COLUMN = 3.5
+TWO_COLUMN = 7.16
+STYLE = {
+    "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType fonts embedded: editable text, accepted by IEEE
+    "font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsize": 6, "ytick.labelsize": 6,
+    "legend.fontsize": 6, "figure.dpi": 100, "savefig.dpi": 300, "savefig.bbox": "tight",
+}
+
+
+@contextlib.contextmanager
+def paper_style():
+    """Matplotlib settings for every chexplain figure."""
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def save_figure(fig: plt.Figure, number: int, slug: str, folder: str | Path) -> list[Path]:
+    """Write ``figN_<slug>.pdf`` and ``.png`` (300 dpi) atomically; returns both paths."""
+    written = []
+    for suffix in ("pdf", "png"):
+        target = Path(folder) / f"fig{number}_{slug}.{suffix}"
+        with paper_style(), atomic_path(target) as tmp:
+            fig.savefig(tmp, format=suffix)
+        written.append(target)
+    return written
+
+
+def label_rates_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Share of rows coded positive / uncertain / negative / blank, one row per pathology."""
+    codes = {"positive": 1.0, "uncertain": -1.0, "negative": 0.0}
+    table = {name: {key: float((frame[name] == code).mean()) for key, code in codes.items()}
+             for name in labels.PATHOLOGIES}
+    rates = pd.DataFrame(table).T
+    rates["blank"] = 1.0 - rates.sum(axis=1)
+    return rates
+
+
+def plot_label_rates(frame: pd.DataFrame, reference: dict | None = None) -> plt.Figure:
+    """Stacked bars of label codes per pathology; dots mark the real CheXpert positive rate."""
+    rates = label_rates_table(frame)
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(TWO_COLUMN, 2.4))
+        colors = {"positive": "#c0392b", "uncertain": "#f39c12", "negative": "#2e86c1", "blank": "#d5d8dc"}
+        left = np.zeros(len(rates))
+        for key, color in colors.items():
+            ax.barh(rates.index, rates[key], left=left, color=color, label=key, height=0.7)
+            left += rates[key].to_numpy()
+        if reference is not None:
+            real = [reference["label_rates"][name]["positive"] for name in rates.index]
+            ax.plot(real, rates.index, "k|", markersize=9, label="CheXpert positive rate")
+        ax.invert_yaxis()
+        ax.set_xlabel("share of images")
+        ax.set_xlim(0, 1)
+        ax.legend(ncol=5, loc="lower center", bbox_to_anchor=(0.4, 1.0), frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def conditional_cooccurrence(positive: np.ndarray) -> np.ndarray:
+    """P(column positive | row positive) from a boolean ``(n, k)`` matrix (NaN for absent rows)."""
+    positive = positive.astype(np.float64)
+    joint = positive.T @ positive
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return joint / np.diag(joint)[:, None]
+
+
+def plot_cooccurrence(frame: pd.DataFrame, reference: dict | None = None) -> plt.Figure:
+    """Heatmaps of P(B | A) for positive labels: this dataset, and real CheXpert beside it."""
+    panels = {"this dataset": conditional_cooccurrence((frame[list(labels.PATHOLOGIES)] == 1).to_numpy())}
+    if reference is not None:
+        joint = np.asarray(reference["positive_cooccurrence"]["matrix"])
+        panels["CheXpert train.csv"] = joint / np.diag(joint)[:, None]
+    with paper_style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(TWO_COLUMN, 3.3), squeeze=False)
+        for ax, (title, matrix) in zip(axes[0], panels.items()):
+            sns.heatmap(matrix, ax=ax, vmin=0, vmax=1, cmap="viridis", square=True, cbar=ax is axes[0, -1],
+                        xticklabels=labels.PATHOLOGIES, yticklabels=labels.PATHOLOGIES if ax is axes[0, 0] else False,
+                        cbar_kws={"label": "P(column positive | row positive)", "shrink": 0.7})
+            ax.set_title(title)
+            ax.tick_params(length=0)
+        fig.tight_layout()
+    return fig
+
+
+def plot_examples(images: np.ndarray, masks: np.ndarray, frame: pd.DataFrame,
+                  pathologies: Sequence[str] = labels.LOCALISABLE, columns: int = 7) -> plt.Figure:
+    """One radiograph per pathology (its first positive image) with the ground-truth contour."""
+    rows = int(np.ceil(len(pathologies) / columns))
+    with paper_style():
+        fig, axes = plt.subplots(rows, columns, figsize=(TWO_COLUMN, TWO_COLUMN / columns * rows * 1.12))
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, name in zip(axes.flat, pathologies):
+            positives = np.flatnonzero(frame[name].to_numpy() == 1)
+            ax.set_title(name, fontsize=6)
+            if len(positives) == 0:
+                ax.text(0.5, 0.5, "no positive", ha="center", va="center", transform=ax.transAxes)
+                continue
+            i, j = positives[0], labels.PATHOLOGIES.index(name)
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+            if masks[i, j].any():
+                ax.contour(masks[i, j], levels=[0.5], colors="#ff3b30", linewidths=0.6)
+        fig.tight_layout(pad=0.3)
+    return fig

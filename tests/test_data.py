@@ -1,0 +1,214 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from helpers import data, labels
+
+
+def _write_csv(path, frame):
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def phantom_copy(small_phantom, tmp_path):
+    """A writable copy of the session phantom, for tests that break it."""
+    return shutil.copytree(small_phantom, tmp_path / "CheXpert-v1.0-small")
+
+
+# ------------------------------------------------------------------ CSV validation
+
+def test_missing_csv_names_the_file(tmp_path):
+    with pytest.raises(data.DatasetError, match="train.csv"):
+        data.read_chexpert_csv(tmp_path / "train.csv")
+
+
+def test_missing_column_is_named(small_phantom, tmp_path):
+    frame = pd.read_csv(small_phantom / "train.csv").drop(columns=["Edema"])
+    path = _write_csv(tmp_path / "train.csv", frame)
+    with pytest.raises(data.DatasetError, match=r"lacks required column\(s\) \['Edema'\]"):
+        data.read_chexpert_csv(path)
+
+
+def test_label_outside_allowed_codes_names_column_value_and_line(small_phantom, tmp_path):
+    frame = pd.read_csv(small_phantom / "train.csv").astype({"Cardiomegaly": object})
+    frame.loc[3, "Cardiomegaly"] = "2.0"
+    frame.loc[5, "Cardiomegaly"] = "yes"
+    path = _write_csv(tmp_path / "train.csv", frame)
+    with pytest.raises(data.DatasetError, match=r"'Cardiomegaly' holds \['2.0', 'yes'\] on line\(s\) \[5, 7\]"):
+        data.read_chexpert_csv(path)
+
+
+def test_labels_keep_their_four_codes(small_phantom):
+    frame = data.read_chexpert_csv(small_phantom / "train.csv")
+    values = frame[list(labels.PATHOLOGIES)].to_numpy()
+    assert set(np.unique(values[~np.isnan(values)])) <= {1.0, 0.0, -1.0}
+    assert np.isnan(values).any()
+
+
+def test_unparseable_csv(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"\xff\xfe\x00garbage\x00\x00")
+    with pytest.raises(data.DatasetError, match="train.csv"):
+        data.read_chexpert_csv(path)
+
+
+# ------------------------------------------------------------------ policies
+
+CODES = np.array([[1.0, 0.0, -1.0, np.nan] + [np.nan] * 10])
+
+
+@pytest.mark.parametrize("policy, target, mask", [
+    ("u-ignore", [1, 0, 0, 0], [1, 1, 0, 1]),
+    ("u-zeros", [1, 0, 0, 0], [1, 1, 1, 1]),
+    ("u-ones", [1, 0, 1, 0], [1, 1, 1, 1]),
+])
+def test_policy(policy, target, mask):
+    targets, loss_mask = data.apply_policy(CODES, policy)
+    assert targets[0, :4].tolist() == target and loss_mask[0, :4].tolist() == mask
+    assert targets.dtype == np.float32 and loss_mask.dtype == np.float32
+
+
+def test_mixed_policy_per_pathology():
+    codes = np.full((1, 14), -1.0)
+    targets, mask = data.apply_policy(codes, {"Atelectasis": "u-ones", "Edema": "u-ignore"})
+    assert targets[0, labels.PATHOLOGIES.index("Atelectasis")] == 1
+    assert mask[0, labels.PATHOLOGIES.index("Edema")] == 0
+    assert targets[0, labels.PATHOLOGIES.index("Cardiomegaly")] == 0  # unlisted: u-zeros
+    assert mask[0, labels.PATHOLOGIES.index("Cardiomegaly")] == 1
+
+
+def test_bad_policy_and_bad_codes():
+    with pytest.raises(ValueError, match="u-twos"):
+        data.apply_policy(CODES, "u-twos")
+    with pytest.raises(ValueError, match="Cardio"):
+        data.apply_policy(CODES, {"Cardio": "u-ones"})
+    with pytest.raises(ValueError, match="shape"):
+        data.apply_policy(np.zeros((2, 5)), "u-zeros")
+    with pytest.raises(ValueError, match="2."):
+        data.apply_policy(np.full((1, 14), 2.0), "u-zeros")
+
+
+# ------------------------------------------------------------------ images
+
+@pytest.mark.parametrize("mode, dtype, top", [("L", np.uint8, 255), ("RGB", np.uint8, 255), ("I;16", np.uint16, 65535)])
+def test_grayscale_rgb_and_16_bit(tmp_path, mode, dtype, top):
+    ramp = (np.linspace(0, 1, 40)[None, :] * np.ones((30, 1)) * top).astype(dtype)
+    image = Image.fromarray(np.stack([ramp] * 3, -1) if mode == "RGB" else ramp)
+    assert image.mode == mode
+    path = tmp_path / f"img_{mode.replace(';', '')}.png"
+    image.save(path)
+    loaded = data.load_image(path, 20)
+    assert loaded.shape == (20, 20) and loaded.dtype == np.uint8
+    assert loaded[:, 0].mean() < 20 and loaded[:, -1].mean() > 235
+
+
+def test_truncated_jpeg_names_the_file(phantom_copy):
+    file = next(phantom_copy.rglob("*.jpg"))
+    file.write_bytes(file.read_bytes()[:200])
+    with pytest.raises(data.DatasetError, match=f"Corrupt or truncated image: {file}"):
+        data.load_image(file, 32)
+
+
+def test_missing_image_names_the_file(tmp_path):
+    with pytest.raises(data.DatasetError, match="Image file missing: .*nothing.jpg"):
+        data.load_image(tmp_path / "nothing.jpg", 32)
+
+
+def test_chexpert_prefix_resolves_under_any_root(tmp_path):
+    path = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
+    assert data.resolve_image_path(tmp_path, path) == tmp_path / "train/patient00001/study1/view1_frontal.jpg"
+
+
+def test_cache_raises_or_skips_with_an_audit(phantom_copy, tmp_path):
+    frame = data.read_chexpert_csv(phantom_copy / "train.csv")
+    files = [data.resolve_image_path(phantom_copy, p) for p in frame["Path"]]
+    files[2].unlink()
+    files[4].write_bytes(b"not a jpeg")
+    with pytest.raises(data.DatasetError, match="missing"):
+        data.build_image_cache(frame, phantom_copy, 32)
+    images, kept, skipped = data.build_image_cache(frame, phantom_copy, 32, tmp_path / "c.npy", on_bad="skip")
+    assert images.shape == (len(frame) - 2, 32, 32)
+    assert skipped["Path"].tolist() == [frame["Path"].iat[2], frame["Path"].iat[4]]
+    assert "missing" in skipped["problem"].iat[0] and "Corrupt" in skipped["problem"].iat[1]
+    audit = data.audit_images(frame, phantom_copy)
+    assert audit["Path"].tolist() == skipped["Path"].tolist()
+    again, kept_again, skipped_again = data.build_image_cache(frame, phantom_copy, 32, tmp_path / "c.npy", on_bad="skip")
+    assert np.array_equal(images, again) and kept["Path"].tolist() == kept_again["Path"].tolist()
+
+
+def test_cache_is_rebuilt_when_rows_change(small_phantom, tmp_path):
+    frame = data.read_chexpert_csv(small_phantom / "train.csv")
+    first, _, _ = data.build_image_cache(frame.iloc[:5], small_phantom, 32, tmp_path / "c.npy")
+    second, _, _ = data.build_image_cache(frame.iloc[:7], small_phantom, 32, tmp_path / "c.npy")
+    assert len(first) == 5 and len(second) == 7
+
+
+# ------------------------------------------------------------------ masks
+
+def test_masks_round_trip_and_align(small_phantom):
+    masks = data.load_masks(small_phantom / "gt_segmentations.json")
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 30:45] = True
+    assert np.array_equal(data.decode_mask(data.encode_mask(mask)), mask)
+    frame = data.read_chexpert_csv(small_phantom / "valid.csv")
+    ids = data.image_ids(frame).tolist()
+    stack = data.mask_stack(masks, ids, 32)
+    assert stack.shape == (len(ids), 14, 32, 32)
+    assert not stack[:, 0].any(), "No Finding has no mask"
+    drawn = frame[list(labels.PATHOLOGIES)].isin([1.0, -1.0]).to_numpy()
+    assert np.array_equal(stack.any(axis=(2, 3))[:, 1:], drawn[:, 1:])
+
+
+def test_unreadable_masks_json(tmp_path):
+    with pytest.raises(data.DatasetError, match="not found"):
+        data.load_masks(tmp_path / "gt.json")
+    (tmp_path / "gt.json").write_text("{not json")
+    with pytest.raises(data.DatasetError, match="not valid JSON"):
+        data.load_masks(tmp_path / "gt.json")
+    (tmp_path / "gt.json").write_text(json.dumps({"patient1_study1_view1_frontal": {"Edema": {"size": [4]}}}))
+    with pytest.raises(data.DatasetError, match="'patient1_study1_view1_frontal' / 'Edema'"):
+        data.load_masks(tmp_path / "gt.json")
+
+
+# ------------------------------------------------------------------ prepared splits and torch
+
+def test_prepare_splits_by_patient_and_reloads(small_phantom, tmp_path):
+    prepared = data.prepare(small_phantom, tmp_path / "cache", 32, val_fraction=0.2, seed=0)
+    summary = prepared.summary()
+    assert summary["images"].sum() == 80 and summary.loc["test", "images"] == 20
+    patients = {s: set(data.patient_ids(prepared.split(s))) for s in data.SPLITS}
+    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
+    reloaded = data.load_prepared(tmp_path / "cache", 32)
+    assert reloaded.index.equals(prepared.index)
+    assert all(np.array_equal(reloaded.images[s], prepared.images[s]) for s in data.SPLITS)
+    masks = prepared.masks("test")
+    assert masks.shape == (20, 14, 32, 32) and masks.any()
+
+
+def test_load_prepared_names_notebook_01(tmp_path):
+    with pytest.raises(FileNotFoundError, match="01_prepare_data"):
+        data.load_prepared(tmp_path, 32)
+
+
+def test_missing_dataset_root(tmp_path):
+    with pytest.raises(data.DatasetError, match="CHEXPERT_ROOT"):
+        data.prepare(tmp_path / "absent", tmp_path / "cache", 32)
+
+
+def test_dataset_items_and_workers(small_phantom, tmp_path):
+    prepared = data.prepare(small_phantom, tmp_path / "cache", 32)
+    dataset = prepared.dataset("train", "u-ignore", mean=(0.5,) * 3, std=(0.25,) * 3)
+    item = dataset[0]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    expected = (torch.from_numpy(np.array(prepared.images["train"][0])).float() / 255 - 0.5) / 0.25
+    assert torch.allclose(item["image"][1], expected)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2)
+    batches = list(loader)
+    assert sum(len(b["target"]) for b in batches) == len(dataset)
+    assert batches[0]["loss_mask"].shape == (8, 14)
