@@ -36,8 +36,9 @@ def save_figure(fig: plt.Figure, number: int, slug: str, folder: str | Path) -> 
     written = []
     for suffix in ("pdf", "png"):
         target = Path(folder) / f"fig{number}_{slug}.{suffix}"
+        metadata = {"CreationDate": None} if suffix == "pdf" else {}  # same figure, same bytes
         with paper_style(), atomic_path(target) as tmp:
-            fig.savefig(tmp, format=suffix)
+            fig.savefig(tmp, format=suffix, metadata=metadata)
         written.append(target)
     return written
 
@@ -118,4 +119,67 @@ def plot_examples(images: np.ndarray, masks: np.ndarray, frame: pd.DataFrame,
             if masks[i, j].any():
                 ax.contour(masks[i, j], levels=[0.5], colors="#ff3b30", linewidths=0.6)
         fig.tight_layout(pad=0.3)
+    return fig
+
+
+def plot_history(history: pd.DataFrame) -> plt.Figure:
+    """Training loss and validation mean AUROC per epoch (best epoch marked)."""
+    with paper_style():
+        fig, (left, right) = plt.subplots(1, 2, figsize=(ONE_COLUMN, 1.5))
+        left.plot(history["epoch"], history["train_loss"], "o-", color="#34495e", markersize=2)
+        left.set(xlabel="epoch", ylabel="training loss (masked BCE)")
+        right.plot(history["epoch"], history["val_mean_auroc"], "o-", color="#c0392b", markersize=2)
+        best = history["val_mean_auroc"].idxmax()
+        right.plot(history.loc[best, "epoch"], history.loc[best, "val_mean_auroc"], "k*", markersize=6, label="best")
+        right.set(xlabel="epoch", ylabel="validation mean AUROC")
+        right.legend(frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def plot_roc_curves(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, table: pd.DataFrame) -> plt.Figure:
+    """One ROC curve per pathology with its AUROC and 95% CI in the title."""
+    from sklearn.metrics import roc_curve
+    auroc = table[table["metric"] == "AUROC"].set_index("pathology")
+    with paper_style():
+        fig, axes = plt.subplots(3, 5, figsize=(TWO_COLUMN, 4.6), sharex=True, sharey=True)
+        for ax in axes.flat:
+            ax.axis("off")
+        for j, (ax, name) in enumerate(zip(axes.flat, labels.PATHOLOGIES)):
+            ax.axis("on")
+            ax.plot([0, 1], [0, 1], color="#bdc3c7", linewidth=0.6)
+            keep = mask[:, j] > 0
+            row = auroc.loc[name]
+            if np.isfinite(row["value"]):
+                fpr, tpr, _ = roc_curve(targets[keep, j], probs[keep, j])
+                ax.plot(fpr, tpr, color="#c0392b", linewidth=1)
+                ax.set_title(f"{name}\n{row['value']:.3f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]", fontsize=5.5)
+            else:
+                ax.set_title(f"{name}\n{row['note']}", fontsize=5.5)
+            ax.set_aspect("equal")
+        for ax in axes[-1]:
+            ax.set_xlabel("false positive rate")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("true positive rate")
+        fig.tight_layout(pad=0.3)
+    return fig
+
+
+def plot_metric_intervals(table: pd.DataFrame, metric: str = "AUROC", references: dict | None = None) -> plt.Figure:
+    """Point estimates with 95% CIs per pathology and macro means; dashed lines for published references."""
+    rows = table[table["metric"] == metric].reset_index(drop=True)
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(ONE_COLUMN, 3.0))
+        y = np.arange(len(rows))
+        errors = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]])
+        ax.errorbar(rows["value"], y, xerr=np.nan_to_num(errors), fmt="o", color="#2c3e50", markersize=2.5,
+                    elinewidth=0.8, capsize=1.5)
+        for k, (name, value) in enumerate((references or {}).items()):
+            ax.axvline(value, linestyle="--", linewidth=0.7, color=("#e67e22", "#8e44ad")[k % 2], label=name)
+        ax.set_yticks(y, rows["pathology"])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{metric} (95% bootstrap CI)")
+        if references:
+            ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.3, -0.15), fontsize=5)
+        fig.tight_layout()
     return fig

@@ -116,11 +116,11 @@ def sample_scene(n: int, rng: np.random.Generator, ap: np.ndarray | None = None)
         "ctr": u(0.40, 0.48), "mediastinum": u(0.045, 0.06), "rib_phase": u(-0.02, 0.02),
         # exposure
         "gain": u(1.4, 2.2), "gamma": u(0.8, 1.25), "blur": u(0.0, 0.8), "noise": u(0.008, 0.03),
-        "tissue": u(0.3, 0.45), "markings": u(0.05, 0.1),
+        "tissue": u(0.3, 0.45), "markings": u(0.03, 0.06),
         # finding placement (always drawn; used only where the finding is present)
         "ecm_width": u(1.7, 2.1), "ctr_big": u(0.57, 0.68),
         "opacity_side": side(), "opacity_y": u(-0.15, 0.12), "opacity_r": u(0.06, 0.1),
-        "lesion_side": side(), "lesion_x": u(0.35, 0.8), "lesion_y": u(-0.2, 0.12), "lesion_r": u(0.025, 0.05),
+        "lesion_side": side(), "lesion_x": u(0.35, 0.8), "lesion_y": u(-0.2, 0.12), "lesion_r": u(0.03, 0.055),
         "edema_spread": u(0.9, 1.2),
         "consol_side": side(), "consol_top": u(0.0, 0.1),
         "pneu_side": side(), "pneu_y": u(-0.05, 0.12),
@@ -302,7 +302,7 @@ def _lung_lesion(geo, idx, rng):
     side, T = _p(geo.scene, "lesion_side", idx), _p(geo.scene, "thorax", idx)
     r = _p(geo.scene, "lesion_r", idx)
     nodule = _ellipse(X, Y, side * _p(geo.scene, "lesion_x", idx) * T, _p(geo.scene, "lesion_y", idx), r, r, edge=0.012)
-    return 0.3 * nodule * (geo.lungs(idx) > 0.5)
+    return 0.34 * nodule * (geo.lungs(idx) > 0.5)
 
 
 def _edema(geo, idx, rng):
@@ -336,9 +336,9 @@ def _atelectasis(geo, idx, rng):
     X, Y = geo.at(idx)
     side, T = _p(geo.scene, "atel_side", idx), _p(geo.scene, "thorax", idx)
     y0 = _p(geo.scene, "atel_y", idx) + 0.15 * (X - side * 0.45 * T)
-    plate = _band(Y - y0, 0.008, 0.008) * _band(X - side * 0.45 * T, _p(geo.scene, "atel_len", idx) / 2, 0.02)
-    volume_loss = geo.lung(idx, side) - geo.lung(idx, side, dome_shift=0.035)  # raised hemidiaphragm
-    return 0.3 * plate * geo.lung(idx, side) + 0.32 * volume_loss
+    plate = _band(Y - y0, 0.011, 0.008) * _band(X - side * 0.45 * T, _p(geo.scene, "atel_len", idx) / 2, 0.02)
+    volume_loss = geo.lung(idx, side) - geo.lung(idx, side, dome_shift=0.045)  # raised hemidiaphragm
+    return 0.34 * plate * geo.lung(idx, side) + 0.32 * volume_loss
 
 
 def _pneumothorax(geo, idx, rng):
@@ -351,7 +351,7 @@ def _pneumothorax(geo, idx, rng):
     pleural_air = lung * (1 - collapsed) * apex
     markings = geo.markings[idx]
     pleural_line = _band(collapsed - 0.5, 0.2, 0.1) * lung * apex
-    return -pleural_air * (0.1 + markings) + 0.1 * pleural_line
+    return -pleural_air * (0.14 + markings) + 0.12 * pleural_line
 
 
 def _pleural_effusion(geo, idx, rng):
@@ -381,12 +381,12 @@ def _fracture(geo, idx, rng):
     x_break = side * _p(geo.scene, "fracture_x", idx) * T
     window = _band(X - x_break - side * 0.03, 0.03, 0.006)
     d, n = geo.rib_distance(idx)
-    d_shift, n_shift = geo.rib_distance(idx, y_shift=0.012)  # displaced fragment
+    d_shift, n_shift = geo.rib_distance(idx, y_shift=0.02)  # displaced fragment
     original = _band(d, 0.009, 0.008) * (n == rib)
     displaced = _band(d_shift, 0.009, 0.008) * (n_shift == rib)
-    gap = _band(X - x_break, 0.006, 0.004) * original
-    callus = _ellipse(X, Y, x_break, _rib_y(geo, idx, x_break, rib), 0.018, 0.016, edge=0.01)
-    return 0.14 * ((displaced - original) * window - gap) + 0.1 * callus
+    gap = _band(X - x_break, 0.01, 0.004) * original
+    callus = _ellipse(X, Y, x_break, _rib_y(geo, idx, x_break, rib), 0.04, 0.03, edge=0.012)  # healing callus
+    return 0.14 * ((displaced - original) * window - gap) + 0.26 * callus
 
 
 def _rib_curve(X):
@@ -514,7 +514,7 @@ def generate(root: str | Path, n_images: int, image_size: int, seed: int = 0, *,
     if n_images < 1 or n_valid < 1 or image_size < 32:
         raise ValueError(f"Need n_images >= 1, n_valid >= 1 and image_size >= 32; got {n_images}, {n_valid}, {image_size}.")
     manifest = {"n_images": n_images, "n_valid": n_valid, "image_size": image_size, "seed": seed,
-                "min_prevalence": min_prevalence, "jpeg_quality": jpeg_quality, "version": 1}
+                "min_prevalence": min_prevalence, "jpeg_quality": jpeg_quality, "version": 4}
     if _existing_manifest(root) == manifest:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)

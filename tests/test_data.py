@@ -208,7 +208,19 @@ def test_dataset_items_and_workers(small_phantom, tmp_path):
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     expected = (torch.from_numpy(np.array(prepared.images["train"][0])).float() / 255 - 0.5) / 0.25
     assert torch.allclose(item["image"][1], expected)
+    direct = data.to_model_input(torch.from_numpy(np.array(prepared.images["train"][0]))[None], (0.5,) * 3, (0.25,) * 3)
+    assert torch.equal(item["image"], direct[0])
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2)
     batches = list(loader)
     assert sum(len(b["target"]) for b in batches) == len(dataset)
     assert batches[0]["loss_mask"].shape == (8, 14)
+
+
+def test_cache_is_rebuilt_when_files_change(phantom_copy, tmp_path):
+    frame = data.read_chexpert_csv(phantom_copy / "train.csv").iloc[:4]
+    first, _, _ = data.build_image_cache(frame, phantom_copy, 32, tmp_path / "c.npy")
+    file = data.resolve_image_path(phantom_copy, frame["Path"].iat[0])
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(file)
+    second, _, _ = data.build_image_cache(frame, phantom_copy, 32, tmp_path / "c.npy")
+    assert first[0].max() > 0 and second[0].max() == 0
+    assert np.array_equal(first[1:], second[1:])

@@ -1,0 +1,114 @@
+"""``HeatmapSet``: the one type every explanation method returns and every consumer reads.
+
+Maps are float32 ``(n_images, n_pathologies, H, W)`` at input resolution, stored raw: LRP maps stay
+signed, CAM maps are non-negative. Normalisation for display or scoring is a function applied at use
+(:func:`normalise`), never baked into the stored maps.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from helpers import labels
+from helpers.data import atomic_path
+
+
+@dataclass
+class HeatmapSet:
+    """Heatmaps of one method for a batch of images and a list of pathologies.
+
+    Attributes
+    ----------
+    maps : numpy.ndarray
+        float32 ``(n_images, n_pathologies, H, W)``.
+    image_ids : list of str
+        One per image (CheXlocalize ids where known).
+    pathologies : list of str
+        One per map channel, in :data:`helpers.labels.PATHOLOGIES` order.
+    method : str
+        E.g. ``"lrp"`` or ``"gradcam"``.
+    params : dict
+        The method's parameters (composite, canonization, target layer...), plain JSON types.
+    probs : numpy.ndarray
+        float32 ``(n_images, n_pathologies)``: the model's probabilities for those pathologies.
+    """
+
+    maps: np.ndarray
+    image_ids: list[str]
+    pathologies: list[str]
+    method: str
+    params: dict = field(default_factory=dict)
+    probs: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.maps = np.asarray(self.maps, dtype=np.float32)
+        self.image_ids = [str(i) for i in self.image_ids]
+        self.pathologies = list(self.pathologies)
+        labels.pathology_indices(self.pathologies)
+        n, p = self.maps.shape[:2] if self.maps.ndim == 4 else (None, None)
+        if self.maps.ndim != 4 or n != len(self.image_ids) or p != len(self.pathologies):
+            raise ValueError(f"maps must be (n_images, n_pathologies, H, W) = ({len(self.image_ids)}, "
+                             f"{len(self.pathologies)}, H, W); got {self.maps.shape}.")
+        self.probs = (np.full((n, p), np.nan, np.float32) if self.probs is None
+                      else np.asarray(self.probs, dtype=np.float32).reshape(n, p))
+
+    def map(self, image: int | str, pathology: str) -> np.ndarray:
+        """One ``(H, W)`` map by image index or id and pathology name."""
+        row = self.image_ids.index(image) if isinstance(image, str) else image
+        return self.maps[row, self.pathologies.index(pathology)]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one ``.npz`` file atomically (maps, probabilities and JSON metadata)."""
+        meta = {"image_ids": self.image_ids, "pathologies": self.pathologies, "method": self.method,
+                "params": self.params}
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, maps=self.maps, probs=self.probs, meta=np.array(json.dumps(meta)))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HeatmapSet":
+        """Read a file written by :meth:`save`; names the notebook to run when it is missing."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No heatmaps at {path}: run the notebook that explains with this method "
+                                    f"first (03 for LRP, 04 for Grad-CAM).")
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            return cls(archive["maps"], meta["image_ids"], meta["pathologies"], meta["method"], meta["params"],
+                       archive["probs"])
+
+
+def normalise(maps: np.ndarray, mode: str = "minmax", positive_only: bool = False) -> np.ndarray:
+    """Scale maps per 2-D map, at use time.
+
+    Parameters
+    ----------
+    mode : {"minmax", "absmax"}
+        ``minmax`` to [0, 1] (CheXlocalize's step before Otsu); ``absmax`` to [-1, 1] keeping zero at
+        zero (signed LRP display with symmetric limits).
+    positive_only : bool
+        Clip negative relevance to 0 first (how signed LRP maps are scored against masks).
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if positive_only:
+        maps = np.clip(maps, 0, None)
+    axes = (-2, -1)
+    if mode == "absmax":
+        scale = np.abs(maps).max(axis=axes, keepdims=True)
+        return np.divide(maps, scale, out=np.zeros_like(maps), where=scale > 0)
+    if mode != "minmax":
+        raise ValueError(f"mode must be 'minmax' or 'absmax', got {mode!r}.")
+    low = maps.min(axis=axes, keepdims=True)
+    span = maps.max(axis=axes, keepdims=True) - low
+    return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+
+
+def stack_pathologies(names: Sequence[str] | None) -> list[str]:
+    """Validated pathology list (all 14 when ``None``), in :data:`helpers.labels.PATHOLOGIES` order."""
+    return list(labels.PATHOLOGIES if names is None else labels.subset(names))

@@ -1,0 +1,182 @@
+"""Classifiers whose last layers are explicit modules, and their checkpoints.
+
+torchvision's DenseNet ends with a functional ``F.relu(inplace=True)`` and ``F.adaptive_avg_pool2d``.
+Neither LRP (zennit hooks modules) nor Grad-CAM on CPU (the in-place ReLU overwrites the stored
+activation of ``features[-1]``) can work on that, so every model here ends
+``features -> ReLU -> AdaptiveAvgPool2d(1) -> Flatten -> Linear`` as modules. The parameter-free head
+modules add no ``state_dict`` keys: torchvision checkpoints and ImageNet weights load unchanged.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from helpers import labels
+from helpers.data import atomic_path
+
+#: Architectures :func:`build_model` knows; ``densenet_compact`` is a small DenseNet from the same
+#: torchvision class (same layer types and module names) that trains in minutes on a CPU.
+ARCHITECTURES = ("densenet121", "densenet_compact", "resnet50")
+COMPACT_DENSENET = {"growth_rate": 16, "block_config": (4, 8, 12, 8), "num_init_features": 32, "bn_size": 4}
+#: Where torchvision's ImageNet DenseNet-121 weights come from and the file name torch.hub caches.
+IMAGENET_FILES = {"densenet121": "densenet121-a639ec97.pth", "resnet50": "resnet50-11ad3fa6.pth"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is corrupt, or was made for another architecture, label list or image size."""
+
+
+class ExplicitHeadDenseNet(nn.Module):
+    """A torchvision DenseNet with ``features -> ReLU -> AdaptiveAvgPool2d -> Flatten -> Linear`` as modules.
+
+    Parameters
+    ----------
+    densenet : torchvision.models.DenseNet
+        Its ``features`` and ``classifier`` are reused as they are (same names, same state_dict keys).
+    """
+
+    def __init__(self, densenet: torchvision.models.DenseNet):
+        super().__init__()
+        self.features = densenet.features
+        self.head_relu = nn.ReLU(inplace=False)  # explicit: hookable, and not in place
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.classifier = densenet.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.pool(self.head_relu(self.features(x)))))
+
+
+class ExplicitHeadResNet(nn.Module):
+    """A torchvision ResNet whose flatten is a module too (its ReLUs and pooling already are)."""
+
+    def __init__(self, resnet: torchvision.models.ResNet):
+        super().__init__()
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"):
+            setattr(self, name, getattr(resnet, name))
+        self.flatten = nn.Flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.flatten(self.avgpool(x)))
+
+
+def build_model(arch: str = "densenet121", num_classes: int = len(labels.PATHOLOGIES),
+                weights: str | os.PathLike | None = None) -> nn.Module:
+    """A classifier with an explicit head.
+
+    Parameters
+    ----------
+    arch : str
+        ``"densenet121"`` (exactly torchvision's DenseNet-121), ``"densenet_compact"`` or ``"resnet50"``.
+    num_classes : int
+        Outputs (logits); 14 for CheXpert.
+    weights : None, "imagenet" or path
+        ``None`` trains from scratch. ``"imagenet"`` loads torchvision's ImageNet weights (from the
+        torch.hub cache, downloading only when online). A path loads an ImageNet ``state_dict`` file.
+        The classifier is replaced by a fresh one with ``num_classes`` outputs.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {arch!r}; supported are {ARCHITECTURES}.")
+    if arch == "densenet_compact":
+        if weights is not None:
+            raise ValueError("densenet_compact has no pretrained weights; use weights=None.")
+        return ExplicitHeadDenseNet(torchvision.models.DenseNet(num_classes=num_classes, **COMPACT_DENSENET))
+    factory = getattr(torchvision.models, arch)
+    base = factory(weights=None)
+    if weights is not None:
+        base.load_state_dict(_imagenet_state_dict(arch, weights))
+    if arch == "densenet121":
+        base.classifier = nn.Linear(base.classifier.in_features, num_classes)
+        return ExplicitHeadDenseNet(base)
+    base.fc = nn.Linear(base.fc.in_features, num_classes)
+    return ExplicitHeadResNet(base)
+
+
+def _imagenet_state_dict(arch: str, weights) -> dict:
+    if weights != "imagenet":
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"Weights file not found: {path}.")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[arch]
+    enum = {"densenet121": torchvision.models.DenseNet121_Weights, "resnet50": torchvision.models.ResNet50_Weights}[arch]
+    try:
+        return enum.IMAGENET1K_V1.get_state_dict(progress=False)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError: offline
+        raise RuntimeError(
+            f"Could not load ImageNet weights for {arch} ({error}). This machine seems offline. Download "
+            f"{enum.IMAGENET1K_V1.url} elsewhere and either put it at {cached} or pass its path: "
+            f"build_model({arch!r}, weights='/path/to/{IMAGENET_FILES[arch]}')."
+        ) from error
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in every checkpoint."""
+    import numpy
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+    return {name: str(version) for name, version in versions.items()}  # TorchVersion is not weights_only-safe
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, **extra) -> Path:
+    """Write ``{"state_dict", "meta", **extra}`` atomically (temp file + rename).
+
+    ``meta`` must hold plain types (str, numbers, lists, dicts) so that the file loads with
+    ``torch.load(weights_only=True)``; it should name ``arch``, ``labels`` and ``image_size``.
+    """
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    payload = {"state_dict": model.state_dict(), "meta": {**meta, "versions": library_versions()}, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw payload of a checkpoint; a clear :class:`CheckpointError` if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}. Run notebooks/02_train.ipynb first.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged zip / pickle
+        raise CheckpointError(f"Checkpoint {path} is corrupt or not a chexplain checkpoint ({type(error).__name__}: "
+                              f"{error}). Delete it and train again (notebook 02).") from error
+    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
+        raise CheckpointError(f"Checkpoint {path} lacks 'state_dict' or 'meta'; it was not written by chexplain.")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, **expected) -> tuple[nn.Module, dict]:
+    """Rebuild the model of a checkpoint; ``expected`` (e.g. ``arch=``, ``labels=``, ``image_size=``) must match.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is corrupt, or a field differs from ``expected`` (the message names each mismatch).
+    """
+    payload = read_checkpoint(path)
+    meta = payload["meta"]
+    check_meta(meta, path, **expected)
+    model = build_model(meta["arch"], num_classes=len(meta["labels"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), meta
+
+
+def check_meta(meta: dict, path, **expected) -> None:
+    """Raise :class:`CheckpointError` naming every field where ``meta`` differs from ``expected``."""
+    normalise = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    mismatches = [f"{key}: checkpoint has {meta.get(key)!r}, expected {value!r}"
+                  for key, value in expected.items() if normalise(meta.get(key)) != normalise(value)]
+    if mismatches:
+        raise CheckpointError(f"Checkpoint {path} does not match this run: " + "; ".join(mismatches)
+                              + ". Retrain (notebook 02) or choose the matching profile.")

@@ -1,0 +1,135 @@
+"""Interactive viewers over :class:`HeatmapSet` objects.
+
+Errors inside ipywidgets callbacks are swallowed by the kernel, so the drawing lives in plain render
+functions (:func:`render_overlay`) that are unit-tested without a kernel and called once, visibly, by
+the notebooks; the widgets only pick their arguments.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from helpers import labels
+from helpers.figures import paper_style
+from helpers.heatmaps import HeatmapSet, normalise
+
+#: Perceptually uniform sequential map for non-negative CAMs; diverging map centred on zero for signed LRP.
+CAM_CMAP = "inferno"
+LRP_CMAP = "RdBu_r"
+LABEL_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+
+
+def label_text(code: float) -> str:
+    """CheXpert code as a word (blank is "not mentioned")."""
+    return "not mentioned" if code is None or np.isnan(code) else LABEL_NAMES[float(code)]
+
+
+def render_overlay(ax: plt.Axes, image: np.ndarray, heatmap: np.ndarray, *, signed: bool,
+                   mask: np.ndarray | None = None, alpha: float = 0.5, title: str = "") -> plt.Axes:
+    """Draw a radiograph, its heatmap and the ground-truth contour on ``ax``.
+
+    Signed maps (LRP) use a diverging map with symmetric limits around zero; non-negative maps (CAM)
+    are min-max scaled into a perceptually uniform sequential map.
+    """
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.max() > 1 else 1)
+    if signed:
+        scaled = normalise(heatmap, "absmax")
+        shown = ax.imshow(scaled, cmap=LRP_CMAP, vmin=-1, vmax=1, alpha=alpha)
+    else:
+        scaled = normalise(heatmap, "minmax")
+        shown = ax.imshow(scaled, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=alpha)
+    if mask is not None and mask.any():
+        ax.contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+    return shown
+
+
+def render_view(images: np.ndarray, heatmaps: HeatmapSet, image: int, pathology: str, *,
+                codes: np.ndarray | None = None, masks: np.ndarray | None = None,
+                alpha: float = 0.5) -> plt.Figure:
+    """One viewer frame: radiograph, overlay, probability, label and ground-truth contour.
+
+    Parameters
+    ----------
+    images : uint8 ``(n, H, W)`` radiographs in the same order as ``heatmaps.image_ids``.
+    heatmaps : the method's maps.
+    image : row index; pathology : name.
+    codes : optional ``(n, 14)`` CheXpert label codes; masks : optional bool ``(n, 14, H, W)``.
+    """
+    j = heatmaps.pathologies.index(pathology)
+    k = labels.PATHOLOGIES.index(pathology)
+    signed = bool(heatmaps.maps.min() < 0) or heatmaps.method.startswith("lrp")
+    mask = None if masks is None else masks[image, k]
+    label = "" if codes is None else f", label: {label_text(codes[image, k])}"
+    with paper_style():
+        fig, (left, right) = plt.subplots(1, 2, figsize=(6.0, 3.2))
+        left.imshow(images[image], cmap="gray")
+        left.set_title(heatmaps.image_ids[image], fontsize=7)
+        left.axis("off")
+        title = f"{heatmaps.method}: {pathology}\np = {heatmaps.probs[image, j]:.3f}{label}"
+        shown = render_overlay(right, images[image], heatmaps.maps[image, j], signed=signed, mask=mask,
+                               alpha=alpha, title=title)
+        fig.colorbar(shown, ax=right, fraction=0.046, pad=0.02,
+                     label="relevance / max |relevance|" if signed else "CAM (min-max)")
+        fig.tight_layout()
+    return fig
+
+
+def heatmap_viewer(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], *,
+                   codes: np.ndarray | None = None, masks: np.ndarray | None = None):
+    """Sliders over pathologies and images, a method dropdown and an opacity slider, around :func:`render_view`."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    first = next(iter(heatmap_sets.values()))
+    pathology = widgets.SelectionSlider(options=first.pathologies, description="pathology",
+                                        continuous_update=False, layout={"width": "520px"})
+    image = widgets.IntSlider(0, 0, len(first.image_ids) - 1, description="image", continuous_update=False)
+    method = widgets.Dropdown(options=list(heatmap_sets), description="method")
+    alpha = widgets.FloatSlider(0.5, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False)
+
+    def draw(pathology, image, method, alpha):
+        fig = render_view(images, heatmap_sets[method], image, pathology, codes=codes, masks=masks, alpha=alpha)
+        display(fig)
+        plt.close(fig)
+
+    output = widgets.interactive_output(draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha})
+    return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([method, alpha]), output])
+
+
+def plot_gallery(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], rows: Sequence[tuple[int, str]], *,
+                 masks: np.ndarray | None = None, width: float = 7.16) -> plt.Figure:
+    """Grid: one row per (image, pathology), the radiograph then one column per method."""
+    columns = 1 + len(heatmap_sets)
+    with paper_style():
+        fig, axes = plt.subplots(len(rows), columns, figsize=(width, width / columns * len(rows) * 1.15),
+                                 squeeze=False)
+        for r, (i, pathology) in enumerate(rows):
+            k = labels.PATHOLOGIES.index(pathology)
+            mask = None if masks is None else masks[i, k]
+            axes[r, 0].imshow(images[i], cmap="gray")
+            if mask is not None and mask.any():
+                axes[r, 0].contour(mask, levels=[0.5], colors="#00e5ff", linewidths=0.8)
+            axes[r, 0].set_title(pathology, fontsize=6)
+            axes[r, 0].axis("off")
+            for c, (name, maps) in enumerate(heatmap_sets.items(), start=1):
+                signed = bool(maps.maps.min() < 0) or maps.method.startswith("lrp")
+                render_overlay(axes[r, c], images[i], maps.map(i, pathology), signed=signed, mask=mask,
+                               title=name if r == 0 else "")
+        fig.tight_layout(pad=0.3)
+    return fig
+
+
+def pick_examples(codes: np.ndarray, probs: np.ndarray, pathologies: Sequence[str], n: int) -> list[tuple[int, str]]:
+    """Up to ``n`` (image, pathology) pairs: per image, its positive finding the model is surest of."""
+    picks = []
+    for i in range(len(codes)):
+        positive = [p for p in pathologies if p != "No Finding" and codes[i, labels.PATHOLOGIES.index(p)] == 1]
+        if positive:
+            picks.append((i, max(positive, key=lambda p: probs[i, list(pathologies).index(p)])))
+        if len(picks) == n:
+            break
+    return picks

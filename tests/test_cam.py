@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM, HiResCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from helpers import cam, heatmaps, labels, models
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = models.build_model("densenet_compact")
+    for module in net.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def _hooks(net):
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
+
+
+@pytest.mark.parametrize("method, library", [("gradcam", GradCAM), ("hirescam", HiResCAM)])
+def test_fast_path_equals_the_library_for_every_pathology(model, images, method, library):
+    ours = heatmaps.normalise(cam.explain_cam(model, images, method=method).maps)
+    for j, _ in enumerate(labels.PATHOLOGIES):
+        with library(model=model, target_layers=[model.head_relu]) as reference:
+            expected = reference(images, targets=[ClassifierOutputTarget(j)] * len(images))
+        assert np.abs(ours[:, j] - expected).max() <= 1e-5, labels.PATHOLOGIES[j]
+
+
+def test_library_route_gives_every_row_its_target(model, images):
+    """The generic route (one row per image x pathology) reproduces the fast path: no row left blank."""
+    layer = cam.target_layer(model)
+    fast, _ = cam.fast_cam(model, layer, images, range(14))
+    generic, _ = cam.library_cam(model, layer, images, range(14), "gradcam")
+    assert np.allclose(fast, generic, atol=1e-5 * fast.max())
+    assert (generic.reshape(len(images) * 14, -1).max(axis=1) > 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"])
+def test_each_method_returns_raw_non_negative_maps(model, images, method):
+    result = cam.explain_cam(model, images[:2], ["Cardiomegaly", "Edema"], method=method, image_ids=["a", "b"])
+    assert result.maps.shape == (2, 2, 64, 64)
+    assert np.isfinite(result.maps).all() and result.maps.min() >= 0
+    assert result.pathologies == ["Cardiomegaly", "Edema"] and result.image_ids == ["a", "b"]
+    with torch.no_grad():
+        probs = torch.sigmoid(model(images[:2]))[:, [2, 5]].numpy()
+    assert np.allclose(result.probs, probs, atol=1e-6)
+    assert _hooks(model) == 0
+
+
+def test_scorecam_is_opt_in(model, images):
+    with pytest.raises(ValueError, match="allow_slow=True"):
+        cam.explain_cam(model, images[:1], method="scorecam")
+    result = cam.explain_cam(model, images[:1], ["Edema"], method="scorecam", allow_slow=True)
+    assert np.isfinite(result.maps).all()
+
+
+def test_constant_images_give_finite_maps(model):
+    for value in (0.0, 1.0, -2.0):
+        result = cam.explain_cam(model, torch.full((1, 3, 64, 64), value), method="gradcam++")
+        assert np.isfinite(result.maps).all()
+        assert np.isfinite(heatmaps.normalise(result.maps)).all()
+
+
+def test_hooks_released_after_calls_and_errors(model, images, monkeypatch):
+    for method in ("gradcam", "layercam"):
+        cam.explain_cam(model, images[:1], method=method)
+    assert _hooks(model) == 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cam.GradCAMPlusPlus, "get_cam_image", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        cam.explain_cam(model, images[:1], method="gradcam++")
+    assert _hooks(model) == 0
+
+
+def test_bad_names_and_models(model, images):
+    with pytest.raises(ValueError, match="Cardiomegally"):
+        cam.explain_cam(model, images[:1], ["Cardiomegally"])
+    with pytest.raises(ValueError, match="choose from"):
+        cam.explain_cam(model, images[:1], method="gradcam-jet")
+    with pytest.raises(ValueError, match="no explicit head"):
+        cam.explain_cam(torch.nn.Sequential(torch.nn.Conv2d(3, 14, 3)), images[:1])
+
+
+def test_resnet50_target_layer(images):
+    torch.manual_seed(0)
+    net = models.build_model("resnet50").eval()
+    result = cam.explain_cam(net, images[:1], ["Edema"])
+    assert result.params["target_layer"] == "layer4" and result.maps.shape == (1, 1, 64, 64)

@@ -1,0 +1,83 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from helpers import heatmaps, labels, widgets  # noqa: E402
+
+
+def _set(method="gradcam", signed=False, n=2, size=16):
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(n, 14, size, size)) if signed else rng.random((n, 14, size, size))
+    return heatmaps.HeatmapSet(maps, [f"img{i}" for i in range(n)], labels.PATHOLOGIES, method,
+                               {"k": 1}, rng.random((n, 14)))
+
+
+def test_save_load_round_trip(tmp_path):
+    original = _set(signed=True)
+    loaded = heatmaps.HeatmapSet.load(original.save(tmp_path / "lrp.npz"))
+    assert np.array_equal(loaded.maps, original.maps) and np.array_equal(loaded.probs, original.probs)
+    assert loaded.image_ids == original.image_ids and loaded.params == {"k": 1}
+    assert loaded.map("img1", "Edema").shape == (16, 16)
+    with pytest.raises(FileNotFoundError, match="run the notebook"):
+        heatmaps.HeatmapSet.load(tmp_path / "absent.npz")
+
+
+def test_shape_and_names_are_checked():
+    with pytest.raises(ValueError, match="n_pathologies"):
+        heatmaps.HeatmapSet(np.zeros((2, 3, 4, 4)), ["a", "b"], ["Edema"], "x")
+    with pytest.raises(ValueError, match="Oedema"):
+        heatmaps.HeatmapSet(np.zeros((1, 1, 4, 4)), ["a"], ["Oedema"], "x")
+
+
+def test_normalise_modes():
+    maps = np.array([[[-2.0, 0.0], [1.0, 4.0]]])
+    assert np.allclose(heatmaps.normalise(maps), [[[0, 1 / 3], [0.5, 1]]])
+    assert np.allclose(heatmaps.normalise(maps, "absmax"), [[[-0.5, 0], [0.25, 1]]])
+    assert np.allclose(heatmaps.normalise(maps, positive_only=True), [[[0, 0], [0.25, 1]]])
+    assert np.array_equal(heatmaps.normalise(np.ones((1, 3, 3))), np.zeros((1, 3, 3)))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_render_view_for_every_pathology(signed):
+    result = _set("lrp_epsilon" if signed else "gradcam", signed=signed)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 16, 16), dtype=np.uint8)
+    masks = np.zeros((2, 14, 16, 16), bool)
+    masks[:, :, 4:9, 4:9] = True
+    codes = np.full((2, 14), np.nan)
+    codes[0, 2] = 1.0
+    for name in labels.PATHOLOGIES:
+        fig = widgets.render_view(images, result, 0, name, codes=codes, masks=masks)
+        overlay = fig.axes[1]
+        assert name in overlay.get_title() and "p = " in overlay.get_title()
+        shown = overlay.get_images()[1]
+        assert shown.get_cmap().name == (widgets.LRP_CMAP if signed else widgets.CAM_CMAP)
+        low, high = shown.get_clim()
+        assert (low, high) == ((-1, 1) if signed else (0, 1))
+        plt.close(fig)
+    fig = widgets.render_view(images, result, 0, "Cardiomegaly", codes=codes, masks=masks)
+    assert "label: positive" in fig.axes[1].get_title()
+    plt.close(fig)
+
+
+def test_gallery_and_viewer_build():
+    result = _set()
+    images = np.zeros((2, 16, 16), np.uint8)
+    fig = widgets.plot_gallery(images, {"gradcam": result, "again": result}, [(0, "Edema"), (1, "Fracture")])
+    assert len(fig.axes) == 6
+    plt.close(fig)
+    viewer = widgets.heatmap_viewer(images, {"gradcam": result})
+    assert len(viewer.children) == 3
+
+
+def test_pick_examples_prefers_the_surest_positive():
+    codes = np.full((3, 14), np.nan)
+    codes[0, [2, 5]] = 1.0
+    codes[2, 9] = 1.0
+    probs = np.zeros((3, 14))
+    probs[0, 5] = 0.9
+    assert widgets.pick_examples(codes, probs, labels.PATHOLOGIES, 5) == [(0, "Edema"), (2, "Pneumothorax")]
