@@ -1,10 +1,11 @@
 """Procedural chest radiographs in CheXpert's layout, with pixel ground truth (CheXlocalize JSON).
 
 A radiograph is rendered as an attenuation map (air dark, bone and fluid bright): body, lungs with
-vessel markings, heart, mediastinum and trachea, spine, ribs, clavicles and diaphragm domes, with pose,
-scale, exposure, contrast, blur and noise varying per image and AP views magnifying the heart. Each of
-the 13 findings adds its own attenuation change, drawn where a radiologist would look, and its mask is
-exactly the support of that change. Labels follow the real CheXpert ``train.csv``: per-label rates of
+vessel markings, heart, mediastinum and trachea, spine, ribs, clavicles and diaphragm domes. Pose, scale,
+habitus and patient rotation vary per patient (a patient's studies share them, as follow-up films do);
+exposure, contrast, blur and noise vary per image, and AP views magnify the heart. Each of the 13
+findings adds its own attenuation change, drawn where a radiologist would look, and its mask is the
+support of that change widened by the reach of the detector blur. Labels follow the real CheXpert ``train.csv``: per-label rates of
 1 / 0 / -1 / blank and a Gaussian copula fitted to the pairwise co-occurrence of positives
 (``scripts/derive_label_stats.py``). Uncertain (-1) findings are drawn faint.
 
@@ -186,6 +187,9 @@ class _Geometry:
     """
 
     def __init__(self, scene: dict, size: int):
+        # rows of one patient share one anatomy: drawn once (at the patient's first row), indexed by `rows`
+        patient = scene.get("patient", np.arange(len(scene["cx"])))
+        _, self.first, self.rows = np.unique(patient, return_index=True, return_inverse=True)
         grid = (np.arange(size, dtype=np.float32) + 0.5) / size
         every = slice(None)
         sx = _p(scene, "scale", every) * _p(scene, "aspect", every)
@@ -202,7 +206,7 @@ class _Geometry:
         """Soft lung field on ``side`` (-1 image-left = patient's right, +1 image-right)."""
         if dome_shift == 0.0 and hasattr(self, "lung_fields"):
             left, right = self.lung_fields
-            return np.where(np.asarray(side) > 0, right[idx], left[idx])
+            return np.where(np.asarray(side) > 0, right[self.rows[idx]], left[self.rows[idx]])
         X, Y = self.at(idx)
         T = _p(self.scene, "thorax", idx)
         T = T * (1.0 + side * _p(self.scene, "rotation", idx))  # a rotated patient shows one lung wider
@@ -214,7 +218,7 @@ class _Geometry:
 
     def lungs(self, idx):
         left, right = self.lung_fields
-        return left[idx] + right[idx]
+        return left[self.rows[idx]] + right[self.rows[idx]]
 
     def heart(self, idx, ctr):
         X, Y = self.at(idx)
@@ -239,37 +243,43 @@ class _Geometry:
 
 
 def _anatomy(geo: _Geometry, rng: np.random.Generator) -> np.ndarray:
-    """Attenuation of the normal chest, ``(n, H, W)``."""
-    scene, X, Y = geo.scene, geo.X, geo.Y
-    idx = slice(None)
+    """Attenuation of the normal chest, ``(n, H, W)``: one anatomy per patient, the heart per image.
+
+    Everything but the heart is drawn once per patient (at ``geo.first``); the heart is drawn per image
+    because AP films magnify it.
+    """
+    scene, idx = geo.scene, geo.first
+    X, Y = geo.at(idx)
     T = _p(scene, "thorax", idx)
-    geo.lung_fields = (geo.lung(idx, -1.0), geo.lung(idx, 1.0))  # reused by every finding
-    lungs = geo.lungs(idx)
+    geo.lung_fields = (geo.lung(idx, -1.0), geo.lung(idx, 1.0))  # per patient, reused by every finding
+    lungs = geo.lung_fields[0] + geo.lung_fields[1]
     # squarish trunk |x|^4 + |y|^4 < 1, rim distance taken as (s^4 - 1) / 4 like _ellipse
     body = _ramp(3.0 - 2.5 * (X / (T + 0.07)) ** 4, -2.5 * ((Y - 0.1) / 0.66) ** 4) * _p(scene, "tissue", idx)
-    heart = geo.heart(idx, _p(scene, "ctr", idx))
     vertebrae = np.abs((Y / 0.055) % 1.0 - 0.5)  # triangle wave: vertebral bodies and discs
     spine = _band(X, 0.035, 0.01) * (0.1 + 0.08 * vertebrae)
     trachea = _band(X, 0.016, 0.008) * _smooth_inside(Y + 0.14, 0.03)
     rib_d, rib_n = geo.rib_distance(idx)
     ribs = _band(rib_d, 0.009, 0.008) * ((rib_n >= 0) & (rib_n <= 9)) * _band(np.abs(X) - (T + 0.03) / 2 - 0.03, (T + 0.03) / 2, 0.02)
-    clavicle_d = Y + 0.40 + 0.12 * (np.abs(X) - 0.05) - 0.05 * _p(scene, "ap", idx)
+    clavicle_d = Y + 0.40 + 0.12 * (np.abs(X) - 0.05)
     clavicles = _band(clavicle_d, 0.012) * _band(np.abs(X) - 0.2, 0.15, 0.03)
-    markings = _lung_markings(geo, rng) * lungs * _p(scene, "markings", idx)
+    markings = _lung_markings(X, Y, geo.size, rng) * lungs * _p(scene, "markings", idx)
     geo.markings = markings  # a pneumothorax removes them
-    return (body - 0.32 * lungs * (1 - heart) + 0.12 * heart + 0.12 * geo.mediastinum(idx, _p(scene, "mediastinum", idx))
-            - 0.12 * trachea + spine + 0.14 * ribs + 0.16 * clavicles + markings).astype(np.float32)
+    chest = (body - 0.32 * lungs + 0.12 * geo.mediastinum(idx, _p(scene, "mediastinum", idx))
+             - 0.12 * trachea + spine + 0.14 * ribs + 0.16 * clavicles + markings)
+    every = slice(None)
+    heart = geo.heart(every, _p(scene, "ctr", every))  # covers the lung it overlaps and adds its own density
+    return (chest[geo.rows] + heart * (0.32 * lungs[geo.rows] + 0.12)).astype(np.float32)
 
 
-def _lung_markings(geo: _Geometry, rng: np.random.Generator) -> np.ndarray:
+def _lung_markings(X: np.ndarray, Y: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """Vessel-like texture, denser towards the hila: band-limited noise."""
-    n, size = geo.X.shape[0], geo.size
+    n = X.shape[0]
     half = (size + 1) // 2  # drawn at half resolution: a quarter of the filtering work
     sigma = 0.004 * size  # same anatomical scale at every resolution
     noise = ndimage.gaussian_filter(rng.standard_normal((n, half, half), dtype=np.float32), sigma=(0, sigma, sigma))
     noise = noise.repeat(2, axis=1).repeat(2, axis=2)[:, :size, :size]
     noise /= noise.std(axis=(1, 2), keepdims=True) + 1e-6
-    hilum = np.exp(-((np.abs(geo.X) - 0.1) ** 2) / 0.05) * np.exp(-(geo.Y ** 2) / 0.05)  # separable
+    hilum = np.exp(-((np.abs(X) - 0.1) ** 2) / 0.05) * np.exp(-(Y ** 2) / 0.05)  # separable
     return np.clip(noise, 0, None) * (0.4 + hilum)
 
 
@@ -349,7 +359,7 @@ def _pneumothorax(geo, idx, rng):
                          _p(geo.scene, "lung_height", idx) - _p(geo.scene, "ptx_depth", idx), edge=0.006)
     apex = _smooth_inside(Y + 0.02, 0.06)  # upright film: air rises to the apex
     pleural_air = lung * (1 - collapsed) * apex
-    markings = geo.markings[idx]
+    markings = geo.markings[geo.rows[idx]]
     pleural_line = _band(collapsed - 0.5, 0.2, 0.1) * lung * apex
     return -pleural_air * (0.14 + markings) + 0.12 * pleural_line
 
@@ -439,7 +449,7 @@ def render(scene: dict[str, np.ndarray], strength: np.ndarray, size: int) -> tup
             continue
         change = DRAW[name](geo, idx, rng) * strength[idx, j][:, None, None]
         attenuation[idx] += change
-        masks[idx, j] = _support(np.abs(change), _p(scene, "blur", idx))
+        masks[idx, j] = _support(np.abs(change))
     # uniform noise of unit variance: looks the same as Gaussian here and costs a third to draw
     noise = rng.random(attenuation.shape, dtype=np.float32)
     noise -= 0.5
@@ -452,33 +462,57 @@ def _point_spread(images: np.ndarray) -> np.ndarray:
     return ndimage.correlate1d(ndimage.correlate1d(images, DETECTOR_PSF, axis=1), DETECTOR_PSF, axis=2)
 
 
-def _support(change: np.ndarray, blur_mix: np.ndarray) -> np.ndarray:
-    """Where a finding's change shows in the image: spread by the detector blur, above a small floor.
+def _support(change: np.ndarray) -> np.ndarray:
+    """Where a finding's change shows in the image: its mask.
 
-    The mask is the support of what was drawn *as the detector records it*: the same point-spread
-    function as :func:`_expose` is applied before thresholding, so thin lines (tubes, rib breaks)
-    keep their blurred rim inside the mask.
+    The pixels the finding changes by more than :data:`MASK_THRESHOLD` of its own peak, widened by one
+    pixel for the detector blur (its 5-tap kernel moves 1/4 of a pixel's signal one pixel away and only
+    1/16 two pixels away), so thin lines (tubes, rib breaks) keep their blurred rim inside the mask without
+    inflating small findings. A boolean dilation costs a fraction of blurring the change itself.
     """
-    seen = (1 - blur_mix) * change + blur_mix * _point_spread(change)
-    peak = seen.max(axis=(1, 2), keepdims=True)
-    return seen > MASK_THRESHOLD * np.maximum(peak, 1e-6)
+    peak = change.max(axis=(1, 2), keepdims=True)
+    return _dilate(change > MASK_THRESHOLD * np.maximum(peak, 1e-6), radius=1)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of ``(n, H, W)`` masks by a square of side ``2 * radius + 1`` (separable ORs)."""
+    for axis in (1, 2):
+        grown = mask.copy()
+        for step in range(1, radius + 1):
+            ahead = [slice(None)] * 3
+            behind = [slice(None)] * 3
+            ahead[axis], behind[axis] = slice(step, None), slice(None, -step)
+            grown[tuple(ahead)] |= mask[tuple(behind)]
+            grown[tuple(behind)] |= mask[tuple(ahead)]
+        mask = grown
+    return mask
 
 
 def _expose(attenuation: np.ndarray, scene: dict, noise: np.ndarray) -> np.ndarray:
     """Detector response: exponential attenuation, gamma, blur and noise, per image."""
     idx = np.arange(len(attenuation))
     image = 1.0 - np.exp(-_p(scene, "gain", idx) * np.clip(attenuation, 0, None))
-    image = image ** _p(scene, "gamma", idx)
+    image = _gamma(image, scene["gamma"])
     blurred = _point_spread(image)
     mix = _p(scene, "blur", idx)
     image = (1 - mix) * image + mix * blurred + _p(scene, "noise", idx) * noise
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
+def _gamma(image: np.ndarray, gamma: np.ndarray, levels: int = 1024) -> np.ndarray:
+    """``image ** gamma`` per image through a lookup table of ``levels`` steps (finer than the 8-bit
+    output, and a gather instead of a power per pixel)."""
+    table = np.linspace(0.0, 1.0, levels + 1, dtype=np.float32)[None, :] ** gamma[:, None].astype(np.float32)
+    index = np.rint(image.reshape(len(image), -1) * levels).astype(np.intp)
+    return np.take_along_axis(table, index, axis=1).reshape(image.shape)
+
+
 # --------------------------------------------------------------------------- dataset folder
 
-#: Anatomy that belongs to the patient, kept (with a little jitter) across that patient's studies.
-PATIENT_KEYS = ("thorax", "lung_height", "dome", "ctr", "mediastinum", "tissue")
+#: Anatomy and pose that belong to the patient: drawn once, shared by the patient's studies (which
+#: differ in exposure, contrast, blur, noise, AP/PA heart magnification and findings).
+PATIENT_KEYS = ("cx", "cy", "scale", "aspect", "rotation", "thorax", "lung_height", "dome", "ctr",
+                "mediastinum", "tissue", "markings", "rib_phase")
 BATCH = 16
 
 
@@ -514,7 +548,7 @@ def generate(root: str | Path, n_images: int, image_size: int, seed: int = 0, *,
     if n_images < 1 or n_valid < 1 or image_size < 32:
         raise ValueError(f"Need n_images >= 1, n_valid >= 1 and image_size >= 32; got {n_images}, {n_valid}, {image_size}.")
     manifest = {"n_images": n_images, "n_valid": n_valid, "image_size": image_size, "seed": seed,
-                "min_prevalence": min_prevalence, "jpeg_quality": jpeg_quality, "version": 4}
+                "min_prevalence": min_prevalence, "jpeg_quality": jpeg_quality, "version": 7}
     if _existing_manifest(root) == manifest:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -560,32 +594,52 @@ def _replace_folder(new: Path, root: Path) -> None:
 
 def _write_split(folder: Path, split: str, n: int, first_patient: int, size: int, rng: np.random.Generator,
                  min_prevalence: float, quality: int, masks: dict, progress: bool) -> pd.DataFrame:
-    patient, study = _patients(n, rng)
+    patient, study = patients(n, rng)
     frame = _metadata(split, patient + first_patient, study, rng)
     codes = sample_labels(n, rng, min_prevalence, allow_uncertain=split == "train")
     frame[list(labels.PATHOLOGIES)] = codes
-    scene = sample_scene(n, rng, ap=frame["AP/PA"].to_numpy() == "AP")
-    patient_scene = sample_scene(patient.max() + 1, rng)
-    for key in PATIENT_KEYS:  # one anatomy per patient, a little jitter per study
-        scene[key] = patient_scene[key][patient] * rng.normal(1.0, 0.02, n).astype(np.float32)
-    scene["ctr"] = np.minimum(scene["ctr"], 0.49)  # a negative Cardiomegaly stays below 0.5
+    scene = study_scenes(patient, rng, ap=frame["AP/PA"].to_numpy() == "AP")
     strength = drawing_strength(codes, rng)
     ids = [_image_id(path) for path in frame["Path"]]
-    batches = range(0, n, BATCH)
+    batches = patient_batches(patient)
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc=f"phantom {split}", unit="batch")
-    for start in batches:
-        rows = slice(start, min(start + BATCH, n))
+    for start, stop in batches:
+        rows = slice(start, stop)
         images, drawn = render({k: v[rows] for k, v in scene.items()}, strength[rows], size)
         for offset, (image, image_masks) in enumerate(zip(images, drawn)):
             row = start + offset
-            _save_jpeg(folder / Path(frame["Path"].iat[row]).relative_to("CheXpert-v1.0-small"), image, quality)
+            first_study = row == 0 or patient[row] != patient[row - 1]
+            _save_jpeg(folder / Path(frame["Path"].iat[row]).relative_to("CheXpert-v1.0-small"), image, quality,
+                       first_study)
             masks[ids[row]] = dict(zip(FINDINGS, _encode_stack(image_masks)))
     return frame
 
 
-def _patients(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def study_scenes(patient: np.ndarray, rng: np.random.Generator, ap: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """:func:`sample_scene` for rows of patients: anatomy and pose (:data:`PATIENT_KEYS`) drawn per patient."""
+    scene = sample_scene(len(patient), rng, ap=ap)
+    patient_scene = sample_scene(patient.max() + 1, rng)
+    for key in PATIENT_KEYS:
+        scene[key] = patient_scene[key][patient]
+    scene["patient"] = patient
+    return scene
+
+
+def patient_batches(patient: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` row ranges of about :data:`BATCH` rows that never split a patient's studies."""
+    bounds, start = [], 0
+    while start < len(patient):
+        stop = min(start + BATCH, len(patient))
+        while stop < len(patient) and patient[stop] == patient[stop - 1]:
+            stop += 1
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def patients(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Patient index and study number per row: CheXpert has about 3.5 images per patient."""
     per_patient = 1 + rng.poisson(chexpert_stats()["views"]["images_per_patient"] - 1, n)
     patient = np.repeat(np.arange(n), per_patient)[:n]
@@ -612,8 +666,10 @@ def _image_id(path: str) -> str:
     return "_".join(Path(path).with_suffix("").parts[-3:])
 
 
-def _save_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save_jpeg(path: Path, image: np.ndarray, quality: int, first_study: bool) -> None:
+    if first_study:  # one mkdir per study and one per patient: metadata calls are slow on some disks
+        path.parent.parent.mkdir(parents=True)
+    path.parent.mkdir()
     Image.fromarray((image * 255.0 + 0.5).astype(np.uint8)).save(path, quality=quality)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from helpers import labels, models
+from helpers.config import IMAGENET_MEAN, IMAGENET_STD
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -49,8 +50,8 @@ class TrainConfig:
     lr_factor: float = 0.1
     seed: int = 0
     num_workers: int = 0
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     profile: str = ""
 
     @classmethod

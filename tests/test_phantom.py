@@ -137,3 +137,24 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="n_images"):
         phantom.generate("/nonexistent/never", 0, 64)
+
+
+def test_studies_of_a_patient_share_anatomy_and_batches_keep_patients_whole():
+    rng = np.random.default_rng(0)
+    patient, study = phantom.patients(200, rng)
+    assert (study[patient == patient[0]] == np.arange(1, (patient == patient[0]).sum() + 1)).all()
+    for start, stop in phantom.patient_batches(patient):
+        assert stop == len(patient) or patient[stop] != patient[stop - 1]
+    scene = phantom.study_scenes(patient, rng)
+    same = patient == patient[0]
+    for key in phantom.PATIENT_KEYS:
+        assert np.unique(scene[key][same]).size == 1, key
+    first_two = {k: v[:2] for k, v in scene.items()}
+    first_two["ap"] = np.array([0.0, 0.0], np.float32)
+    first_two["gain"] = first_two["gain"][:1].repeat(2)
+    first_two["gamma"] = first_two["gamma"][:1].repeat(2)
+    first_two["blur"] = first_two["blur"][:1].repeat(2)
+    first_two["noise"] = np.zeros(2, np.float32)
+    if patient[0] == patient[1]:
+        images, _ = phantom.render(first_two, np.zeros((2, 13), np.float32), 64)
+        assert np.allclose(images[0], images[1])
