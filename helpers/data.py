@@ -583,7 +583,7 @@ def mask_files(root: str | os.PathLike) -> list[Path]:
 
 
 def prepare(root: str | os.PathLike, cache_dir: str | os.PathLike, size: int, *, val_fraction: float = 0.1,
-            frontal: bool = True, seed: int = 0, on_bad: str = "raise", progress: bool = False) -> PreparedData:
+            frontal: bool = True, seed: int = 0, on_bad: str = "raise") -> PreparedData:
     """Validate a CheXpert-format folder, split it by patient and decode every image once.
 
     ``train.csv`` is split by patient into train and val; ``valid.csv`` (radiologist-labelled in real
@@ -637,7 +637,7 @@ def prepare_profile(profile, on_bad: str = "raise", progress: bool = True) -> Pr
                          n_valid=profile.n_valid, min_prevalence=profile.min_prevalence, progress=progress)
     return prepare(profile.data_root, profile.run_dir / "cache", profile.image_size,
                    val_fraction=profile.val_fraction, frontal=profile.frontal_only, seed=profile.seed,
-                   on_bad=on_bad, progress=progress)
+                   on_bad=on_bad)
 
 
 def load_profile_data(profile) -> PreparedData:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -246,14 +247,14 @@ def fit(model: nn.Module, train_set, val_set, config: TrainConfig, out_dir: str 
     for epoch in range(state["epoch"] + 1, config.max_epochs + 1):
         if state["stale"] >= config.patience:
             break
-        started = _now()
+        started = time.perf_counter()
         loss = _train_epoch(network, train_set, optimizer, scaler, config, epoch, device, progress, out_dir)
         val_auroc = np.nanmean(per_class_auroc(predict(model, val_set, device=device), val_targets, val_mask))
         scheduler.step(val_auroc)
         improved = val_auroc > state["best"]
         state.update(epoch=epoch, best=max(state["best"], val_auroc), stale=0 if improved else state["stale"] + 1)
         state["history"].append({"epoch": epoch, "train_loss": loss, "val_mean_auroc": float(val_auroc),
-                                 "learning_rate": optimizer.param_groups[0]["lr"], "seconds": _now() - started})
+                                 "learning_rate": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
         if _rank() == 0:
             meta = {**config.meta(), "epoch": epoch, "val_mean_auroc": float(val_auroc)}
             if improved:
@@ -263,11 +264,6 @@ def fit(model: nn.Module, train_set, val_set, config: TrainConfig, out_dir: str 
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return pd.DataFrame(state["history"])
-
-
-def _now() -> float:
-    import time
-    return time.perf_counter()
 
 
 def _train_epoch(network, train_set, optimizer, scaler, config, epoch, device, progress, out_dir) -> float:
