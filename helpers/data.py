@@ -399,7 +399,7 @@ def decode_mask(rle: Mapping) -> np.ndarray:
     return coco_mask.decode({"size": list(rle["size"]), "counts": rle["counts"]}).astype(bool)
 
 
-def load_masks(json_path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+def load_masks(json_path: str | os.PathLike, image_ids=None) -> dict[str, dict[str, np.ndarray]]:
     """Read CheXlocalize ground-truth JSON into boolean masks.
 
     Parameters
@@ -407,6 +407,8 @@ def load_masks(json_path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]
     json_path : path-like
         ``{image_id: {pathology: {"size": [h, w], "counts": ...}}}`` (CheXlocalize's
         ``gt_segmentations_*.json``, or the phantom's ``gt_segmentations.json``).
+    image_ids : iterable of str, optional
+        Decode only these images (default: all); ids absent from the file are skipped.
 
     Returns
     -------
@@ -428,7 +430,8 @@ def load_masks(json_path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]
         raise DatasetError(f"Masks file {json_path} is not valid JSON ({error}); re-download or regenerate it.") from error
     if not isinstance(raw, dict):
         raise DatasetError(f"Masks file {json_path} must hold an object {{image_id: {{pathology: RLE}}}}.")
-    return {image_id: _decode_entry(json_path, image_id, entry) for image_id, entry in raw.items()}
+    wanted = raw.keys() if image_ids is None else set(raw).intersection(image_ids)
+    return {image_id: _decode_entry(json_path, image_id, raw[image_id]) for image_id in wanted}
 
 
 def _decode_entry(json_path: Path, image_id: str, entry) -> dict[str, np.ndarray]:
@@ -569,12 +572,11 @@ class PreparedData:
 
     def masks(self, name: str, size: int | None = None) -> np.ndarray:
         """Ground-truth masks of one split, bool ``(n, 14, size, size)`` (empty where none)."""
-        files = mask_files(self.root)
+        ids = self.split(name)["image_id"].tolist()
         merged: dict = {}
-        for file in files:
-            merged.update(load_masks(file))
-        size = size or self.images[name].shape[-1]
-        return mask_stack(merged, self.split(name)["image_id"].tolist(), size)
+        for file in mask_files(self.root):
+            merged.update(load_masks(file, ids))  # decode this split's masks only
+        return mask_stack(merged, ids, size or self.images[name].shape[-1])
 
 
 def mask_files(root: str | os.PathLike) -> list[Path]:

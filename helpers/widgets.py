@@ -26,6 +26,11 @@ def label_text(code: float) -> str:
     return "not mentioned" if code is None or np.isnan(code) else LABEL_NAMES[float(code)]
 
 
+def is_signed(heatmaps: HeatmapSet) -> bool:
+    """Whether maps are signed relevance (LRP: diverging display) rather than non-negative CAMs."""
+    return bool(heatmaps.maps.min() < 0) or heatmaps.method.startswith("lrp")
+
+
 def render_overlay(ax: plt.Axes, image: np.ndarray, heatmap: np.ndarray, *, signed: bool,
                    mask: np.ndarray | None = None, alpha: float = 0.5, title: str = "") -> plt.Axes:
     """Draw a radiograph, its heatmap and the ground-truth contour on ``ax``.
@@ -61,7 +66,7 @@ def render_view(images: np.ndarray, heatmaps: HeatmapSet, image: int, pathology:
     """
     j = heatmaps.pathologies.index(pathology)
     k = labels.PATHOLOGIES.index(pathology)
-    signed = bool(heatmaps.maps.min() < 0) or heatmaps.method.startswith("lrp")
+    signed = is_signed(heatmaps)
     mask = None if masks is None else masks[image, k]
     label = "" if codes is None else f", label: {label_text(codes[image, k])}"
     with paper_style():
@@ -116,7 +121,7 @@ def plot_gallery(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], row
             axes[r, 0].set_title(pathology, fontsize=6)
             axes[r, 0].axis("off")
             for c, (name, maps) in enumerate(heatmap_sets.items(), start=1):
-                signed = bool(maps.maps.min() < 0) or maps.method.startswith("lrp")
+                signed = is_signed(maps)
                 render_overlay(axes[r, c], images[i], maps.map(i, pathology), signed=signed, mask=mask,
                                title=name if r == 0 else "")
         fig.tight_layout(pad=0.3)
