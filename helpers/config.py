@@ -105,7 +105,7 @@ PROFILES: dict[str, Profile] = {
         # From scratch on 2 CPU cores: lr 1e-3 and batch 32 converge in the 10-minute budget; the paper's
         # 1e-4 / 16 are for fine-tuning ImageNet weights (see README, "Training choices").
         name="default", image_size=128, n_train=3000, n_valid=600, min_prevalence=0.1,
-        learning_rate=1e-3, batch_size=32, max_epochs=16, patience=4,
+        learning_rate=1e-3, batch_size=32, max_epochs=16, patience=4, n_explain=48,
         notes="The embedded phantom study on a laptop CPU.",
     ),
     "paper": Profile(

@@ -183,3 +183,59 @@ def plot_metric_intervals(table: pd.DataFrame, metric: str = "AUROC", references
             ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.3, -0.15), fontsize=5)
         fig.tight_layout()
     return fig
+
+
+def plot_metric_by_pathology(summary: pd.DataFrame, metric_names: Sequence[str], methods: Sequence[str],
+                             titles: dict | None = None) -> plt.Figure:
+    """One panel per metric: mean and 95% CI per pathology (and pooled, ``all``), one colour per method."""
+    palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
+    with paper_style():
+        fig, axes = plt.subplots(len(metric_names), 1, figsize=(TWO_COLUMN, 1.7 * len(metric_names)), squeeze=False)
+        for ax, metric in zip(axes[:, 0], metric_names):
+            rows = summary[(summary["metric"] == metric) & summary["method"].isin(methods)]
+            order = [p for p in labels.PATHOLOGIES if p in set(rows["pathology"])] + ["all"]
+            for m, method in enumerate(methods):
+                own = rows[rows["method"] == method].set_index("pathology").reindex(order)
+                x = np.arange(len(order)) + (m - (len(methods) - 1) / 2) * 0.8 / len(methods)
+                errors = np.vstack([own["mean"] - own["ci_low"], own["ci_high"] - own["mean"]])
+                ax.errorbar(x, own["mean"], yerr=np.nan_to_num(errors), fmt="o", markersize=2, elinewidth=0.7,
+                            capsize=1, color=palette[method], label=method)
+            ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
+            ax.set_ylabel((titles or {}).get(metric, metric))
+            ax.axvline(len(order) - 1.5, color="0.8", linewidth=0.6)
+        axes[0, 0].legend(ncol=min(len(methods), 5), frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0))
+        fig.tight_layout(pad=0.3)
+    return fig
+
+
+def plot_randomisation(scores: pd.DataFrame, stages: Sequence[str], threshold: float = 0.5) -> plt.Figure:
+    """Cascading randomisation: mean rank correlation with the trained maps per stage, one line per method."""
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(ONE_COLUMN, 2.2))
+        metric_order = [f"randomised_{s}" for s in stages]
+        means = scores[scores["metric"].isin(metric_order)].groupby(["method", "metric"])["value"].mean()
+        for method, series in means.groupby(level="method"):
+            values = series.droplevel("method").reindex(metric_order)
+            ax.plot(range(len(stages)), values, marker="o", markersize=2.5, linewidth=0.9, label=method)
+        ax.axhline(threshold, linestyle="--", color="0.5", linewidth=0.7)
+        ax.set_xticks(range(len(stages)), [f"+{s}" for s in stages], rotation=30, ha="right")
+        ax.set_ylabel("rank correlation with trained maps")
+        ax.set_xlabel("layers randomised (cumulative, from the output)")
+        ax.legend(frameon=False, fontsize=5)
+        fig.tight_layout(pad=0.3)
+    return fig
+
+
+def save_table(table: pd.DataFrame, folder: str | Path, slug: str, caption: str = "") -> list[Path]:
+    """Write ``<slug>.csv`` and ``<slug>.tex`` (booktabs) atomically; returns both paths."""
+    written = []
+    for suffix in ("csv", "tex"):
+        target = Path(folder) / f"{slug}.{suffix}"
+        with atomic_path(target) as tmp:
+            if suffix == "csv":
+                table.to_csv(tmp, index=False)
+            else:
+                Path(tmp).write_text(table.to_latex(index=False, escape=True, caption=caption or None,
+                                                    na_rep="--", float_format="%.3f"))
+        written.append(target)
+    return written

@@ -112,3 +112,14 @@ def normalise(maps: np.ndarray, mode: str = "minmax", positive_only: bool = Fals
 def stack_pathologies(names: Sequence[str] | None) -> list[str]:
     """Validated pathology list (all 14 when ``None``), in :data:`helpers.labels.PATHOLOGIES` order."""
     return list(labels.PATHOLOGIES if names is None else labels.subset(names))
+
+
+def load_sets(folder: str | os.PathLike, methods: Sequence[str]) -> dict[str, HeatmapSet]:
+    """HeatmapSets saved as ``<folder>/<method>.npz``, keyed by method; all must explain the same images."""
+    sets = {method: HeatmapSet.load(Path(folder) / f"{method}.npz") for method in methods}
+    reference = next(iter(sets.values()), None)
+    for method, heatmaps in sets.items():
+        if heatmaps.image_ids != reference.image_ids:
+            raise ValueError(f"{method} explains other images than {reference.method}; rerun notebooks 03 and 04 "
+                             f"with the same profile so that both explain the same test images.")
+    return sets

@@ -138,3 +138,66 @@ def pick_examples(codes: np.ndarray, probs: np.ndarray, pathologies: Sequence[st
         if len(picks) == n:
             break
     return picks
+
+
+def render_comparison(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], methods: Sequence[str],
+                      image: int, pathology: str, *, scores=None,
+                      masks: np.ndarray | None = None, codes: np.ndarray | None = None,
+                      shown_metrics: Sequence[str] = ("hit", "iou", "mass_accuracy", "gini", "resolution_px"),
+                      ) -> plt.Figure:
+    """The radiograph with its ground truth, then one overlay per method with that map's metric values.
+
+    ``scores`` is the tidy DataFrame of :func:`helpers.metrics.score` (values shown under each panel).
+    """
+    k = labels.PATHOLOGIES.index(pathology)
+    mask = None if masks is None else masks[image, k]
+    with paper_style():
+        fig, axes = plt.subplots(1, 1 + len(methods), figsize=(2.4 * (1 + len(methods)), 2.9))
+        axes[0].imshow(images[image], cmap="gray")
+        if mask is not None and mask.any():
+            axes[0].contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
+        label = "" if codes is None else f"\nlabel: {label_text(codes[image, k])}"
+        axes[0].set_title(f"{pathology}{label}", fontsize=7)
+        axes[0].axis("off")
+        for ax, method in zip(axes[1:], methods):
+            maps = heatmap_sets[method]
+            j = maps.pathologies.index(pathology)
+            render_overlay(ax, images[image], maps.maps[image, j], signed=is_signed(maps), mask=mask,
+                           title=f"{method}\np = {maps.probs[image, j]:.3f}")
+            ax.text(0.5, -0.04, _metric_text(scores, maps, image, pathology, shown_metrics), transform=ax.transAxes,
+                    ha="center", va="top", fontsize=6)
+        fig.tight_layout()
+    return fig
+
+
+def _metric_text(scores, maps: HeatmapSet, image: int, pathology: str, shown: Sequence[str]) -> str:
+    if scores is None:
+        return ""
+    own = scores[(scores["method"] == maps.method) & (scores["image"] == maps.image_ids[image])
+                 & (scores["pathology"] == pathology) & scores["metric"].isin(shown)]
+    values = dict(zip(own["metric"], own["value"]))
+    return "  ".join(f"{name} {values[name]:.2f}" for name in shown if name in values) or "no ground truth"
+
+
+def comparison_viewer(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], *, scores=None,
+                      masks: np.ndarray | None = None, codes: np.ndarray | None = None):
+    """Two method pickers sharing one pathology slider and one image slider, around :func:`render_comparison`."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    names = list(heatmap_sets)
+    first = heatmap_sets[names[0]]
+    pathology = widgets.SelectionSlider(options=first.pathologies, description="pathology",
+                                        continuous_update=False, layout={"width": "520px"})
+    image = widgets.IntSlider(0, 0, len(first.image_ids) - 1, description="image", continuous_update=False)
+    left = widgets.Dropdown(options=names, value=names[0], description="left")
+    right = widgets.Dropdown(options=names, value=names[-1], description="right")
+
+    def draw(pathology, image, left, right):
+        fig = render_comparison(images, heatmap_sets, [left, right], image, pathology, scores=scores, masks=masks,
+                                codes=codes)
+        display(fig)
+        plt.close(fig)
+
+    output = widgets.interactive_output(draw, {"pathology": pathology, "image": image, "left": left, "right": right})
+    return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([left, right]), output])

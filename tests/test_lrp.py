@@ -1,0 +1,207 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.composites import EpsilonPlusFlat  # noqa: E402
+
+from helpers import heatmaps, labels, lrp, models, widgets  # noqa: E402
+
+
+def _randomise_batchnorm(net: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Non-trivial statistics and affine parameters (defaults make BatchNorm nearly the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.randn(c, generator=generator) * 0.5)
+            module.running_var.copy_(torch.rand(c, generator=generator) * 2 + 0.1)
+            module.weight.data.copy_(torch.randn(c, generator=generator))  # some scales negative
+            module.bias.data.copy_(torch.randn(c, generator=generator) * 0.5)
+    return net.eval()
+
+
+def _snapshot(net):
+    return {key: value.clone() for key, value in net.state_dict().items()}
+
+
+def _assert_restored(net, snapshot):
+    state = net.state_dict()
+    assert list(state) == list(snapshot)
+    assert all(torch.equal(state[key], snapshot[key]) for key in snapshot)
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                + len(m._backward_pre_hooks) for m in net.modules())
+    assert hooks == 0
+    assert not any("forward" in m.__dict__ for m in net.modules())
+
+
+@pytest.fixture(scope="module")
+def compact64():
+    torch.manual_seed(0)
+    return _randomise_batchnorm(models.build_model("densenet_compact").double())
+
+
+@pytest.fixture(scope="module")
+def images64():
+    return torch.randn(2, 3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_canonizers_keep_densenet121_outputs_and_state_dict(level):
+    torch.manual_seed(0)
+    net = _randomise_batchnorm(models.build_model("densenet121"))
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    snapshot = _snapshot(net)
+    with torch.no_grad():
+        expected = net(images)
+        with lrp.make_composite("epsilon_plus_flat", lrp.densenet_canonizers(level)).context(net) as canonized:
+            got = canonized(images)
+            changed = any(not torch.equal(v, snapshot[k]) for k, v in net.state_dict().items() if k in snapshot)
+    assert (got - expected).abs().max() / expected.abs().max() <= 1e-5
+    assert changed == (level >= 2)  # levels 2 and 3 really rewrite weights while registered
+    _assert_restored(net, snapshot)
+
+
+def test_state_dict_restored_when_attribution_raises(compact64):
+    snapshot = _snapshot(compact64)
+    with pytest.raises(RuntimeError):
+        lrp.explain_lrp(compact64, torch.zeros(1, 1, 48, 48, dtype=torch.float64))  # wrong channel count
+    _assert_restored(compact64, snapshot)
+
+
+def test_threshold_relu_with_border_correction_on_a_padded_convolution():
+    """BatchNorm -> ReLU -> 3x3 zero-padded convolution, including a channel whose BatchNorm scale is 0."""
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Conv2d(4, 5, 3, padding=1))
+    block = _randomise_batchnorm(block.double())
+    block[0].weight.data[0] = 0.0
+    snapshot = _snapshot(block)
+    images = torch.randn(2, 4, 9, 7, dtype=torch.float64)
+    expected = block(images)
+    canonizer = lrp.BatchNormCanonizer(lambda root: ([], [("0", "1", "2")]))
+    with EpsilonPlusFlat(canonizers=[canonizer]).context(block) as canonized:
+        assert torch.allclose(canonized(images), expected, rtol=0, atol=1e-12)
+        assert canonized(images[:1, :, :5, :5]).shape == (1, 5, 5, 5)  # bias map re-sized per input size
+        assert torch.allclose(canonized(images), expected, rtol=0, atol=1e-12)
+        with Gradient(block, None) as attributor:
+            _, relevance = attributor(images, torch.ones_like(expected))
+    assert torch.isfinite(relevance).all()
+    _assert_restored(block, snapshot)
+
+
+def test_relevance_is_conserved_with_explicit_head_and_bias_free_layers(compact64, images64):
+    net = models.build_model("densenet_compact").double().eval()
+    torch.nn.init.zeros_(net.classifier.bias)
+    with torch.no_grad():
+        logits = net(images64).numpy()
+    for composite in set(lrp.COMPOSITES) - {"epsilon"}:  # epsilon = 1 absorbs relevance by design
+        result = lrp.explain_lrp(net, images64, composite=composite, canonization="explicit_head")
+        ratio = lrp.conservation(result, logits)
+        assert np.abs(ratio - 1).max() <= 0.01, composite
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "alpha2_beta1"])
+def test_all_pathologies_at_once_equal_separate_zennit_calls(compact64, images64, composite):
+    classes = list(range(14))
+    zennit_composite = lrp.make_composite(composite, lrp.canonizers_for(compact64, "full"))
+    with lrp._eval_mode(compact64):
+        shared, _ = lrp.relevance_maps(compact64, zennit_composite, images64, classes)
+    separate = lrp.explain_lrp_separately(compact64, images64, composite=composite)
+    assert shared.dtype == torch.float64
+    assert (shared - separate).abs().max() / separate.abs().max() <= 1e-10
+
+
+def test_batch_equals_single_images(images64):
+    torch.manual_seed(0)
+    net = _randomise_batchnorm(models.build_model("densenet_compact"))
+    batch = lrp.explain_lrp(net, images64.float(), batch_size=2)
+    singles = [lrp.explain_lrp(net, images64[i:i + 1].float()).maps for i in range(2)]
+    assert batch.maps.shape == (2, 14, 48, 48)
+    assert np.abs(batch.maps - np.concatenate(singles)).max() <= 1e-4 * np.abs(batch.maps).max()
+
+
+def test_no_hooks_left_after_100_calls():
+    torch.manual_seed(0)
+    net = _randomise_batchnorm(models.build_model("densenet_compact"))
+    snapshot = _snapshot(net)
+    images = torch.randn(1, 3, 32, 32)
+    for i in range(100):
+        lrp.explain_lrp(net, images, ["Edema"], composite=list(lrp.COMPOSITES)[i % len(lrp.COMPOSITES)],
+                        canonization=1 + i % 3)
+    _assert_restored(net, snapshot)
+    assert not net.training
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -2.0])
+def test_constant_images_give_finite_maps(compact64, value):
+    images = torch.full((1, 3, 32, 32), value, dtype=torch.float64)
+    for composite in lrp.COMPOSITES:
+        result = lrp.explain_lrp(compact64, images, ["Cardiomegaly", "Edema"], composite=composite)
+        assert np.isfinite(result.maps).all(), composite
+
+
+def test_result_is_a_heatmapset_with_probabilities(compact64, images64):
+    result = lrp.explain_lrp(compact64, images64, ["Edema", "Cardiomegaly"], image_ids=["a", "b"])
+    with torch.no_grad():
+        probs = torch.sigmoid(compact64(images64))[:, [5, 2]].numpy()
+    assert result.pathologies == ["Cardiomegaly", "Edema"]  # label order
+    assert np.allclose(result.probs, probs[:, ::-1], atol=1e-6)
+    assert result.image_ids == ["a", "b"] and result.method == "lrp_epsilon_plus_flat"
+    assert result.params["canonization"] == 3 and result.maps.dtype == np.float32
+    assert (result.maps < 0).any() and (result.maps > 0).any()  # signed
+
+
+def test_plain_torchvision_densenet_gets_an_explicit_head_only_while_registered():
+    torch.manual_seed(0)
+    net = _randomise_batchnorm(torchvision.models.densenet121(num_classes=14))
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        logits = net(images).numpy()
+    result = lrp.explain_lrp(net, images, canonization=1)
+    assert not hasattr(net, "head_relu")
+    assert np.abs(lrp.conservation(result, logits) - 1).max() <= 0.01  # nothing lost in the head
+
+
+def test_resnet50_through_zennit_resnet_canonizer():
+    torch.manual_seed(0)
+    net = _randomise_batchnorm(models.build_model("resnet50"))
+    snapshot = _snapshot(net)
+    result = lrp.explain_lrp(net, torch.randn(1, 3, 32, 32), ["Edema"])
+    assert result.maps.shape == (1, 1, 32, 32) and np.isfinite(result.maps).all()
+    _assert_restored(net, snapshot)
+
+
+def test_bad_input_gets_clear_errors(compact64, images64):
+    with pytest.raises(ValueError, match="LRP supports DenseNet"):
+        lrp.explain_lrp(torch.nn.Sequential(torch.nn.Conv2d(3, 14, 3)), images64)
+    with pytest.raises(ValueError, match="Cardio"):
+        lrp.explain_lrp(compact64, images64, ["Cardio"])
+    with pytest.raises(ValueError, match="epsilon_plus_flat"):
+        lrp.explain_lrp(compact64, images64, composite="lrp_eps")
+    with pytest.raises(ValueError, match="canonization level"):
+        lrp.explain_lrp(compact64, images64, canonization=4)
+
+
+def test_viewer_renders_lrp_maps_for_every_pathology(compact64, images64):
+    result = lrp.explain_lrp(compact64, images64[:1])
+    radiographs = np.zeros((1, 48, 48), np.uint8)
+    masks = np.zeros((1, 14, 48, 48), bool)
+    masks[:, :, 10:20, 10:20] = True
+    for name in labels.PATHOLOGIES:
+        fig = widgets.render_view(radiographs, result, 0, name, codes=np.zeros((1, 14)), masks=masks)
+        shown = fig.axes[1].get_images()[1]
+        assert shown.get_cmap().name == widgets.LRP_CMAP and shown.get_clim() == (-1, 1)
+        assert name in fig.axes[1].get_title() and "label: negative" in fig.axes[1].get_title()
+        plt.close(fig)
+
+
+def test_diverged_relevance_is_reported_not_hidden():
+    maps = np.zeros((1, 2, 4, 4), np.float32)
+    maps[0, 1, 0, 0] = np.inf
+    with pytest.warns(RuntimeWarning, match="diverged.*1 of 2 maps"):
+        lrp._warn_if_diverged(heatmaps.HeatmapSet(maps, ["a"], labels.PATHOLOGIES[:2], "lrp_z", {"canonization": 1}))
