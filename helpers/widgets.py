@@ -12,13 +12,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from helpers import labels
-from helpers.figures import paper_style
+from helpers.figures import TWO_COLUMN, paper_style
 from helpers.heatmaps import HeatmapSet, normalise
 
 #: Perceptually uniform sequential map for non-negative CAMs; diverging map centred on zero for signed LRP.
 CAM_CMAP = "inferno"
 LRP_CMAP = "RdBu_r"
 LABEL_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+METRIC_LABELS = {"hit": "hit", "iou": "IoU", "mass_accuracy": "mass accuracy", "gini": "Gini",
+                 "resolution_px": "resolution (px)", "near_hit": "near hit"}
 
 
 def label_text(code: float) -> str:
@@ -31,17 +33,33 @@ def is_signed(heatmaps: HeatmapSet) -> bool:
     return bool(heatmaps.maps.min() < 0) or heatmaps.method.startswith("lrp")
 
 
+def symmetric_scale(heatmap: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """Signed map divided by a high percentile of its absolute values and clipped to [-1, 1]."""
+    magnitude = np.abs(np.nan_to_num(np.asarray(heatmap, dtype=np.float64), posinf=0, neginf=0))
+    limit = np.percentile(magnitude, percentile)
+    limit = limit if limit > 0 else magnitude.max()
+    return np.clip(heatmap / limit, -1, 1) if limit > 0 else np.zeros_like(magnitude)
+
+
+def short_name(method: str) -> str:
+    """A column title: ``lrp_epsilon_plus_flat`` -> ``LRP epsilon plus flat``, wrapped to fit a narrow column."""
+    import textwrap
+
+    words = method.replace("lrp_", "LRP ").replace("gradcam", "Grad-CAM").replace("_", " ")
+    return "\n".join(textwrap.wrap(words, 12)[:3])
+
+
 def render_overlay(ax: plt.Axes, image: np.ndarray, heatmap: np.ndarray, *, signed: bool,
                    mask: np.ndarray | None = None, alpha: float = 0.5, title: str = "") -> plt.Axes:
     """Draw a radiograph, its heatmap and the ground-truth contour on ``ax``.
 
-    Signed maps (LRP) use a diverging map with symmetric limits around zero; non-negative maps (CAM)
-    are min-max scaled into a perceptually uniform sequential map.
+    Signed maps (LRP) use a diverging map with symmetric limits around zero, at the 99.5th percentile
+    of ``|relevance|`` (a handful of extreme pixels would otherwise wash the rest out); non-negative
+    maps (CAM) are min-max scaled into a perceptually uniform sequential map.
     """
     ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.max() > 1 else 1)
     if signed:
-        scaled = normalise(heatmap, "absmax")
-        shown = ax.imshow(scaled, cmap=LRP_CMAP, vmin=-1, vmax=1, alpha=alpha)
+        shown = ax.imshow(symmetric_scale(heatmap), cmap=LRP_CMAP, vmin=-1, vmax=1, alpha=alpha)
     else:
         scaled = normalise(heatmap, "minmax")
         shown = ax.imshow(scaled, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=alpha)
@@ -70,7 +88,7 @@ def render_view(images: np.ndarray, heatmaps: HeatmapSet, image: int, pathology:
     mask = None if masks is None else masks[image, k]
     label = "" if codes is None else f", label: {label_text(codes[image, k])}"
     with paper_style():
-        fig, (left, right) = plt.subplots(1, 2, figsize=(6.0, 3.2))
+        fig, (left, right) = plt.subplots(1, 2, figsize=(TWO_COLUMN, 3.6))
         left.imshow(images[image], cmap="gray")
         left.set_title(heatmaps.image_ids[image], fontsize=7)
         left.axis("off")
@@ -78,7 +96,7 @@ def render_view(images: np.ndarray, heatmaps: HeatmapSet, image: int, pathology:
         shown = render_overlay(right, images[image], heatmaps.maps[image, j], signed=signed, mask=mask,
                                alpha=alpha, title=title)
         fig.colorbar(shown, ax=right, fraction=0.046, pad=0.02,
-                     label="relevance / max |relevance|" if signed else "CAM (min-max)")
+                     label="relevance / 99.5th pct |relevance|" if signed else "CAM (min-max)")
         fig.tight_layout()
     return fig
 
@@ -106,7 +124,7 @@ def heatmap_viewer(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], *
 
 
 def plot_gallery(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], rows: Sequence[tuple[int, str]], *,
-                 masks: np.ndarray | None = None, width: float = 7.16) -> plt.Figure:
+                 masks: np.ndarray | None = None, width: float = TWO_COLUMN) -> plt.Figure:
     """Grid: one row per (image, pathology), the radiograph then one column per method."""
     columns = 1 + len(heatmap_sets)
     with paper_style():
@@ -123,7 +141,7 @@ def plot_gallery(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], row
             for c, (name, maps) in enumerate(heatmap_sets.items(), start=1):
                 signed = is_signed(maps)
                 render_overlay(axes[r, c], images[i], maps.map(i, pathology), signed=signed, mask=mask,
-                               title=name if r == 0 else "")
+                               title=short_name(name) if r == 0 else "")
         fig.tight_layout(pad=0.3)
     return fig
 
@@ -152,7 +170,7 @@ def render_comparison(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet]
     k = labels.PATHOLOGIES.index(pathology)
     mask = None if masks is None else masks[image, k]
     with paper_style():
-        fig, axes = plt.subplots(1, 1 + len(methods), figsize=(2.4 * (1 + len(methods)), 2.9))
+        fig, axes = plt.subplots(1, 1 + len(methods), figsize=(TWO_COLUMN * (1 + len(methods)) / 3, 3.4))
         axes[0].imshow(images[image], cmap="gray")
         if mask is not None and mask.any():
             axes[0].contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
@@ -163,7 +181,7 @@ def render_comparison(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet]
             maps = heatmap_sets[method]
             j = maps.pathologies.index(pathology)
             render_overlay(ax, images[image], maps.maps[image, j], signed=is_signed(maps), mask=mask,
-                           title=f"{method}\np = {maps.probs[image, j]:.3f}")
+                           title=f"{short_name(method)}\np = {maps.probs[image, j]:.3f}")
             ax.text(0.5, -0.04, _metric_text(scores, maps, image, pathology, shown_metrics), transform=ax.transAxes,
                     ha="center", va="top", fontsize=6)
         fig.tight_layout()
@@ -176,7 +194,8 @@ def _metric_text(scores, maps: HeatmapSet, image: int, pathology: str, shown: Se
     own = scores[(scores["method"] == maps.method) & (scores["image"] == maps.image_ids[image])
                  & (scores["pathology"] == pathology) & scores["metric"].isin(shown)]
     values = dict(zip(own["metric"], own["value"]))
-    return "  ".join(f"{name} {values[name]:.2f}" for name in shown if name in values) or "no ground truth"
+    return "\n".join(f"{METRIC_LABELS.get(name, name)} {values[name]:.2f}" for name in shown if name in values) \
+        or "no ground truth"
 
 
 def comparison_viewer(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], *, scores=None,

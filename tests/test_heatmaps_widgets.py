@@ -81,3 +81,38 @@ def test_pick_examples_prefers_the_surest_positive():
     probs = np.zeros((3, 14))
     probs[0, 5] = 0.9
     assert widgets.pick_examples(codes, probs, labels.PATHOLOGIES, 5) == [(0, "Edema"), (2, "Pneumothorax")]
+
+
+def test_comparison_render_shows_each_panels_scores_for_every_pathology():
+    import pandas as pd
+
+    cam_maps, lrp_maps = _set("gradcam"), _set("lrp_epsilon_plus_flat", signed=True)
+    sets = {"gradcam": cam_maps, "lrp_epsilon_plus_flat": lrp_maps}
+    images = np.zeros((2, 16, 16), np.uint8)
+    masks = np.zeros((2, 14, 16, 16), bool)
+    masks[0, 5, 2:6, 2:6] = True
+    scores = pd.DataFrame([("img0", "Edema", "gradcam", "hit", 1.0), ("img0", "Edema", "lrp_epsilon_plus_flat", "hit", 0.0),
+                           ("img0", "Edema", "lrp_epsilon_plus_flat", "iou", 0.25)],
+                          columns=["image", "pathology", "method", "metric", "value"])
+    for name in labels.PATHOLOGIES:
+        fig = widgets.render_comparison(images, sets, ["gradcam", "lrp_epsilon_plus_flat"], 0, name, scores=scores,
+                                        masks=masks, codes=np.zeros((2, 14)))
+        assert len(fig.axes) == 3 and name in fig.axes[0].get_title()
+        texts = [t.get_text() for ax in fig.axes[1:] for t in ax.texts]
+        if name == "Edema":
+            assert texts == ["hit 1.00", "hit 0.00\nIoU 0.25"]
+        else:
+            assert texts == ["no ground truth", "no ground truth"]
+        assert fig.axes[1].get_images()[1].get_cmap().name == widgets.CAM_CMAP
+        assert fig.axes[2].get_images()[1].get_cmap().name == widgets.LRP_CMAP
+        plt.close(fig)
+    viewer = widgets.comparison_viewer(images, sets, scores=scores, masks=masks)
+    assert len(viewer.children) == 3
+
+
+def test_symmetric_scale_keeps_zero_and_clips_outliers():
+    heatmap = np.linspace(-1, 1, 1000).reshape(10, 100)
+    heatmap[0, 0] = -50.0
+    scaled = widgets.symmetric_scale(heatmap)
+    assert scaled.min() == -1 and scaled.max() <= 1 and scaled[5, 50] * heatmap[5, 50] >= 0
+    assert np.array_equal(widgets.symmetric_scale(np.zeros((3, 3))), np.zeros((3, 3)))
