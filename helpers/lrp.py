@@ -19,7 +19,8 @@ zennit has no DenseNet canonizer (its issue 165), so this module writes the thre
 Each level is one zennit :class:`~zennit.canonizers.Canonizer` whose single instance snapshots every
 parameter it touches and restores exactly those tensors on removal (zennit's own mergers restore in
 registration order, which corrupts weights touched twice, and set the BatchNorm variance to 1 instead
-of ``1 - eps``).
+of ``1 - eps``). ResNets use zennit's ``ResNetCanonizer`` as it is: each BatchNorm there is merged once,
+and the variance shortcut moves outputs by about 1e-4 relative.
 
 Relevance enters as the explained logit (a one-hot mask times the logit), so a map sums to the logit
 when relevance is conserved and :func:`conservation` is the sum over the logit. All pathologies share
@@ -269,14 +270,17 @@ def _border_corrected_conv(conv: nn.Conv2d, weight: torch.Tensor, shift: torch.T
                            bias: torch.Tensor) -> Callable:
     """Forward of a padded convolution whose bias is a map: the shift convolved with zero padding, plus ``bias``.
 
-    The map is sized at the first input of each spatial size and kept in ``conv.bias``, where zennit's
-    rules modify it like any bias.
+    The map is made for each new input size and kept in ``conv.bias``, where zennit's rules modify it
+    like any bias (their modified forward passes see the input size the map was made for).
     """
+    made_for = {}
+
     def forward(x):
         out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-        if conv.bias.shape[-2:] != out.shape[-2:]:
+        if made_for.get("size") != tuple(x.shape[-2:]):
             constant = shift.view(1, -1, 1, 1).expand(1, -1, *x.shape[-2:]).to(weight)
             conv.bias.data = F.conv2d(constant, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            made_for["size"] = tuple(x.shape[-2:])
         return out + conv.bias
     return forward
 
@@ -401,7 +405,7 @@ def _warn_if_diverged(result: HeatmapSet) -> None:
 def _explain_chunk(model, composite: Composite, images: torch.Tensor, classes: Sequence[int]):
     maps, logits = relevance_maps(model, composite, images, classes)
     probs = torch.sigmoid(logits[:, classes])
-    return maps.float().numpy(), probs.float().numpy()
+    return maps.float().cpu().numpy(), probs.float().cpu().numpy()
 
 
 def relevance_maps(model: nn.Module, composite: Composite, images: torch.Tensor, classes: Sequence[int]):
@@ -421,7 +425,7 @@ def relevance_maps(model: nn.Module, composite: Composite, images: torch.Tensor,
 
 def _output_relevance(logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
     """``(k, n, n_outputs)``: for pathology ``j``, the logit of class ``classes[j]`` and zero elsewhere."""
-    one_hot = torch.zeros(len(classes), *logits.shape, dtype=logits.dtype)
+    one_hot = torch.zeros(len(classes), *logits.shape, dtype=logits.dtype, device=logits.device)
     for j, c in enumerate(classes):
         one_hot[j, :, c] = logits[:, c]
     return one_hot
@@ -449,9 +453,13 @@ class _eval_mode:
 
 
 def conservation(heatmaps: HeatmapSet, logits: np.ndarray) -> np.ndarray:
-    """Sum of each map over the explained logit, ``(n, k)``: 1 where relevance is conserved."""
+    """Sum of each map over the explained logit, ``(n, k)``: 1 where relevance is conserved.
+
+    ``logits`` are the model's ``(n, 14)`` outputs; the columns of the explained pathologies are used.
+    """
     totals = heatmaps.maps.astype(np.float64).sum(axis=(-2, -1))
-    return totals / np.asarray(logits, dtype=np.float64)
+    explained = np.asarray(logits, dtype=np.float64)[:, labels.pathology_indices(heatmaps.pathologies)]
+    return totals / explained
 
 
 def conservation_table(model: nn.Module, images: torch.Tensor, composites: Sequence[str] = tuple(COMPOSITES),
@@ -465,7 +473,7 @@ def conservation_table(model: nn.Module, images: torch.Tensor, composites: Seque
     import pandas as pd
 
     with torch.no_grad(), _eval_mode(model):
-        logits = model(images).double().numpy()
+        logits = model(images).double().cpu().numpy()
     rows = []
     for composite in composites:
         for level in levels:

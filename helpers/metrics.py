@@ -1,7 +1,9 @@
 """Heatmaps x ground-truth masks -> one tidy DataFrame: ``image, pathology, method, metric, value``.
 
-Every score reads the map's **positive part** (for signed LRP maps, the evidence *for* the pathology;
-CAMs are non-negative already), so LRP and Grad-CAM are scored on the same footing.
+Every localisation and granularity score reads the map's **positive part** (for signed LRP maps, the
+evidence *for* the pathology; CAMs are non-negative already), so LRP and Grad-CAM are scored on the same
+footing. Correlations between maps (class sensitivity, randomisation) and the pixel order of deletion /
+insertion use the maps as they are.
 
 - Localisation, as CheXlocalize defines it (rows where the ground-truth mask is non-empty): ``hit``
   (the map's maximum lies in the mask; ties count if any tied pixel does, as Quantus' pointing game),
@@ -15,8 +17,9 @@ CAMs are non-negative already), so LRP and Grad-CAM are scored on the same footi
 - Faithfulness (:func:`perturbation_scores`) and sanity (:func:`cascading_randomisation`) need the model.
 - :func:`summarise` and :func:`paired_differences` add bootstrap 95% CIs over images.
 
-A constant map carries no location: ``hit`` and ``iou`` are 0 and the other localisation scores are
-at chance (the mask's area share; AUROC 0.5). A map with inf or NaN (diverged relevance) scores NaN.
+A constant map carries no location: ``hit``, ``near_hit`` and ``iou`` are 0, ``distance_px`` is NaN and
+the other localisation scores are at chance (the mask's area share; AUROC 0.5). A map with inf or NaN
+(diverged relevance) scores NaN.
 """
 from __future__ import annotations
 
@@ -95,13 +98,20 @@ def mass_accuracy(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 
 def rank_accuracy(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the ``|mask|`` highest-ranked pixels that lie in the mask (Arras et al. 2022)."""
+    """Share of the ``|mask|`` highest-ranked pixels that lie in the mask (Arras et al. 2022).
+
+    Pixels tied at the cut-off (e.g. the zeros of a positive part) share the remaining places evenly:
+    they get the mask's share among them, not an order that would favour the top-left of the image.
+    """
     values = positive_part(heatmap).ravel()
-    k = int(mask.sum())
-    if values.max() == values.min():
-        return float(mask.mean())
-    top = np.argsort(-values, kind="stable")[:k]
-    return float(mask.ravel()[top].mean()) if k else float("nan")
+    inside = mask.ravel()
+    k = int(inside.sum())
+    if not k:
+        return float("nan")
+    cutoff = np.partition(values, values.size - k)[values.size - k]
+    above, tied = values > cutoff, values == cutoff
+    credit = inside[above].sum() + (k - above.sum()) * inside[tied].mean()
+    return float(credit / k)
 
 
 def pixel_auroc(heatmap: np.ndarray, mask: np.ndarray) -> float:
@@ -255,21 +265,29 @@ def blurred_baseline(inputs: torch.Tensor, sigma: float | None = None) -> torch.
 
 
 def perturbation_scores(model: nn.Module, inputs: torch.Tensor, heatmaps: HeatmapSet,
-                        pairs: Sequence[tuple[int, str]], steps: int = 10, batch_size: int = 64) -> pd.DataFrame:
+                        pairs: Sequence[tuple[int, str]], steps: int = 10, batch_size: int = 64,
+                        seed: int = 0) -> pd.DataFrame:
     """Deletion and insertion curves (areas under each) with a blurred-image baseline.
 
-    Pixels are taken in the order of the map (most relevant first). Deletion replaces the top fraction
+    Pixels are taken in the order of the map (most relevant first; ties in a seeded random order, so that
+    the zeros of a map are not taken from the top-left first). Deletion replaces the top fraction
     by the blurred image (a faithful map makes the probability fall fast: low area); insertion starts
     from the blurred image and restores the top fraction (high area is good). Areas are over the
-    fraction 0..1 of the probability of the explained pathology.
+    fraction 0..1 of the probability of the explained pathology. A map with inf or NaN scores NaN.
     """
     baseline = blurred_baseline(inputs)
+    rng = np.random.default_rng(seed)
     fractions = np.linspace(0, 1, steps + 1)
     rows = []
     model.eval()
     for i, pathology in pairs:
         j, k = heatmaps.pathologies.index(pathology), labels.PATHOLOGIES.index(pathology)
-        order = np.argsort(-heatmaps.maps[i, j].ravel(), kind="stable")
+        values = heatmaps.maps[i, j].ravel()
+        if not np.isfinite(values).all():
+            rows += [(heatmaps.image_ids[i], pathology, heatmaps.method, name, np.nan)
+                     for name in ("deletion_auc", "insertion_auc")]
+            continue
+        order = np.lexsort((rng.random(values.size), -values))
         revealed = _top_fraction_masks(order, fractions, inputs.shape[-2:])
         deleted = torch.where(revealed, baseline[i], inputs[i])
         inserted = torch.where(revealed, inputs[i], baseline[i])
@@ -407,7 +425,7 @@ def summarise(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, pooled: b
     """Mean and bootstrap 95% CI over images per method x pathology x metric.
 
     With ``pooled``, adds pathology ``"all"`` per method x metric: each image's values are averaged first,
-    so the CI still resamples images. NaN values (undefined scores) are left out and counted in ``n``.
+    so the CI still resamples images. NaN values (undefined scores) are left out; ``n`` counts the values used.
     """
     scores = _with_pooled(scores) if pooled else scores.dropna(subset=["value"])
     rows = []
@@ -430,12 +448,17 @@ def paired_differences(scores: pd.DataFrame, method_a: str, method_b: str, n_boo
                        seed: int = 0) -> pd.DataFrame:
     """Mean of ``a - b`` over images scored by both methods, per pathology x metric, with a bootstrap 95% CI.
 
-    Pathology ``"all"`` pools each image's values (averaged per image first).
+    Differences are taken per (image, pathology) first, where both methods have a value; pathology ``"all"``
+    then averages each image's differences, so both methods are always compared on the same maps.
     """
-    wide = _with_pooled(scores).pivot_table(index=["pathology", "metric", "image"], columns="method", values="value")
+    scores = scores.dropna(subset=["value"])
+    wide = scores.pivot_table(index=["pathology", "metric", "image"], columns="method", values="value")
     if method_a not in wide or method_b not in wide:
         raise ValueError(f"Both methods must be in the scores; have {sorted(scores['method'].unique())}.")
     difference = (wide[method_a] - wide[method_b]).dropna().rename("difference").reset_index()
+    per_pathology = difference[difference["pathology"] != "all"]
+    pooled = per_pathology.groupby(["metric", "image"], as_index=False, sort=False)["difference"].mean()
+    difference = pd.concat([difference, pooled.assign(pathology="all")], ignore_index=True)
     rows = []
     for (pathology, metric), group in difference.groupby(["pathology", "metric"], sort=False):
         low, high = bootstrap_ci(group["difference"].to_numpy(), n_boot, seed)

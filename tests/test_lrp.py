@@ -205,3 +205,24 @@ def test_diverged_relevance_is_reported_not_hidden():
     maps[0, 1, 0, 0] = np.inf
     with pytest.warns(RuntimeWarning, match="diverged.*1 of 2 maps"):
         lrp._warn_if_diverged(heatmaps.HeatmapSet(maps, ["a"], labels.PATHOLOGIES[:2], "lrp_z", {"canonization": 1}))
+
+
+def test_conservation_uses_the_explained_pathologies_logits(compact64, images64):
+    result = lrp.explain_lrp(compact64, images64, ["Edema"], canonization=1)
+    with torch.no_grad():
+        logits = compact64(images64).numpy()
+    ratio = lrp.conservation(result, logits)
+    assert ratio.shape == (2, 1)
+    assert np.allclose(ratio[:, 0], result.maps.astype(np.float64).sum(axis=(-2, -1))[:, 0] / logits[:, 5])
+
+
+def test_border_map_is_remade_for_each_input_size_with_a_strided_convolution():
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.ReLU(), torch.nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    block = _randomise_batchnorm(block.double())
+    small, large = torch.randn(1, 3, 9, 9, dtype=torch.float64), torch.randn(1, 3, 10, 10, dtype=torch.float64)
+    expected = block(small), block(large)  # both 5 x 5 outputs
+    canonizer = lrp.BatchNormCanonizer(lambda root: ([], [("0", "1", "2")]))
+    with EpsilonPlusFlat(canonizers=[canonizer]).context(block) as canonized:
+        got = canonized(small), canonized(large)
+    assert all(torch.allclose(g, e, atol=1e-12) for g, e in zip(got, expected))

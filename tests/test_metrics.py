@@ -225,3 +225,21 @@ def test_hit_rate_diagnosis_names_the_culprit():
                               "ci_high": v + 0.1, "n": 40} for a, b, v in rows])
     assert "methods are at fault" in metrics.hit_rate_diagnosis(summary(0.5, 0.93), ["m"])
     assert "model or its data is at fault" in metrics.hit_rate_diagnosis(summary(0.5, 0.6), ["m"])
+
+
+def test_rank_accuracy_shares_tied_places_evenly():
+    spike = np.zeros((SIZE, SIZE))
+    spike[20, 20] = 1.0  # one positive pixel, the rest tied at zero
+    top, bottom = np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool)
+    top[:8], bottom[-8:] = True, True
+    assert metrics.rank_accuracy(spike, top) == pytest.approx(metrics.rank_accuracy(spike, bottom))
+    assert metrics.rank_accuracy(spike, top) == pytest.approx((255 * 256 / 1023) / 256)
+
+
+def test_paired_differences_compare_the_same_maps_when_one_method_has_gaps():
+    rows = [(f"i{i}", p, m, "gini", v) for i in range(6) for p, v in (("Edema", 0.2), ("Fracture", 0.8))
+            for m in ("a", "b")]
+    rows = [r for r in rows if not (r[2] == "a" and r[1] == "Fracture")]  # a undefined on Fracture
+    scores = pd.DataFrame(rows, columns=metrics.COLUMNS)
+    pooled = metrics.paired_differences(scores, "a", "b", n_boot=50).set_index("pathology").loc["all"]
+    assert pooled["mean_difference"] == pytest.approx(0.0) and pooled["n"] == 6
