@@ -153,7 +153,7 @@ class BatchNormCanonizer(Canonizer):
         instance.register(root_module)
         return [instance]
 
-    def register(self, root_module=None):
+    def register(self, root_module):
         modules = dict(root_module.named_modules())
         merges, thresholds = self.name_map(root_module)
         try:

@@ -38,8 +38,6 @@ from torchvision.transforms.functional import gaussian_blur
 from helpers import labels
 from helpers.heatmaps import HeatmapSet
 
-LOCALISATION = ("hit", "near_hit", "distance_px", "iou", "mass_accuracy", "rank_accuracy", "pixel_auroc")
-GRANULARITY = ("gini", "entropy", "resolution_px")
 COLUMNS = ["image", "pathology", "method", "metric", "value"]
 
 

@@ -6,6 +6,7 @@ the notebooks; the widgets only pick their arguments.
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -43,8 +44,6 @@ def symmetric_scale(heatmap: np.ndarray, percentile: float = 99.5) -> np.ndarray
 
 def short_name(method: str) -> str:
     """A column title: ``lrp_epsilon_plus_flat`` -> ``LRP epsilon plus flat``, wrapped to fit a narrow column."""
-    import textwrap
-
     words = method.replace("lrp_", "LRP ").replace("gradcam", "Grad-CAM").replace("_", " ")
     return "\n".join(textwrap.wrap(words, 12)[:3])
 
