@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install run test lab bench clean
+.PHONY: help install run publish test unit lint format lab bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv (if missing) and install the project with its dev extras
 
-run: $(STAMP) ## Run the notebooks in order with papermill (PROFILE=default); executed copies in runs/<profile>/notebooks
+run: $(STAMP) ## Run the notebooks in order (PROFILE=default); everything lands in runs/<profile>/, no tracked file changes
 	mkdir -p runs/$(PROFILE)/notebooks
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
@@ -28,8 +28,24 @@ run: $(STAMP) ## Run the notebooks in order with papermill (PROFILE=default); ex
 	    runs/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE); \
 	done
 
-test: $(STAMP) ## Unit tests plus every notebook in the smoke profile
+publish: ## Copy the default run's figures and tables into the committed figures/ (a person decides when)
+	@test -d runs/default/figures || { echo "No runs/default/figures: run 'make run' first."; exit 1; }
+	cp runs/default/figures/fig*_*.pdf runs/default/figures/fig*_*.png runs/default/figures/table*_* figures/
+	@echo "figures/ updated from runs/default/figures; review with 'git diff --stat figures' before committing."
+
+test: $(STAMP) lint ## Lint, unit tests, then every notebook in the smoke profile
 	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests notebooks --nbmake --nbmake-timeout=1200
+
+unit: $(STAMP) ## Unit tests without the notebooks and the slow tests (about a minute)
+	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests -m "not slow" -q
+
+lint: $(STAMP) ## ruff: lint and format check (helpers, tests, benchmarks, scripts, notebooks)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff: fix what can be fixed and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 lab: $(STAMP) ## Open JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks

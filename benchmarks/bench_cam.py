@@ -3,6 +3,7 @@
 
 Run: ``python benchmarks/bench_cam.py [--repeats 3] [--calls 500]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ from helpers import cam, labels, models
 def library_per_pathology(model, images) -> None:
     """What a user would write with pytorch-grad-cam alone: one call per pathology, one target per row."""
     for j in range(len(labels.PATHOLOGIES)):
-        with GradCAM(model=model, target_layers=[model.head_relu]) as explainer:
+        with GradCAM(model=model, target_layers=[model.target_layer]) as explainer:
             explainer(images, targets=[ClassifierOutputTarget(j)] * len(images))
 
 
@@ -65,14 +66,18 @@ def main() -> None:
     print(f"| pytorch-grad-cam, one call per pathology | {library:.3f} |")
     print(f"\nspeed-up: {library / fast:.1f}x (target >= 20x); torch threads: {torch.get_num_threads()}")
     growth, peak = rss_growth_mb(lambda: cam.explain_cam(model, images, method="gradcam"), args.calls)
-    print(f"resident memory over {args.calls} fast-path calls: growth {growth:+.1f} MB after warm-up, peak {peak:.0f} MB "
-          f"(target growth < 50 MB)")
+    print(
+        f"resident memory over {args.calls} fast-path calls: growth {growth:+.1f} MB after warm-up, peak {peak:.0f} MB "
+        f"(target growth < 50 MB)"
+    )
     compact = models.build_model("densenet_compact").eval()
     small = torch.randn(1, 3, 128, 128)
     calls = max(args.calls // 5, 40)
     growth, peak = rss_growth_mb(lambda: cam.explain_cam(compact, small, method="gradcam++"), calls)
-    print(f"resident memory over {calls} library-route calls (gradcam++, compact DenseNet, 128 px): growth "
-          f"{growth:+.1f} MB after warm-up, peak {peak:.0f} MB")
+    print(
+        f"resident memory over {calls} library-route calls (gradcam++, compact DenseNet, 128 px): growth "
+        f"{growth:+.1f} MB after warm-up, peak {peak:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

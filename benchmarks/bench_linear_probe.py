@@ -5,6 +5,7 @@ logistic regression (scikit-learn, C=0.01) per pathology on the profile's traini
 down to 64 x 64, U-Ignore labels, and prints its test AUROC beside nothing else; compare with notebook 02's
 CNN. Run notebook 01 first. Run: ``python benchmarks/bench_linear_probe.py [--profile default]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,14 +14,15 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from helpers import config, data, labels
+from helpers import data, labels
+from helpers.run import Run
 
 
 def pixels(images: np.ndarray, side: int = 64) -> np.ndarray:
     """Images averaged down to ``side`` x ``side`` and flattened, in [0, 1]."""
     n, size = len(images), images.shape[-1]
     factor = size // side
-    scaled = np.asarray(images, dtype=np.float32)[:, :side * factor, :side * factor] / 255.0
+    scaled = np.asarray(images, dtype=np.float32)[:, : side * factor, : side * factor] / 255.0
     return scaled.reshape(n, side, factor, side, factor).mean(axis=(2, 4)).reshape(n, -1)
 
 
@@ -28,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="default")
     args = parser.parse_args()
-    prepared = data.load_profile_data(config.load_profile(args.profile))
+    prepared = Run(args.profile, device="cpu").data()
     train_x, test_x = pixels(prepared.images["train"]), pixels(prepared.images["test"])
     train_t, train_m = data.apply_policy(prepared.split("train"), "u-ignore")
     test_t, test_m = data.apply_policy(prepared.split("test"), "u-ignore")

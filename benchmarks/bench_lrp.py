@@ -4,6 +4,7 @@ between the two, and the peak resident memory of one ``explain_lrp`` call in a f
 
 Run: ``python benchmarks/bench_lrp.py [--repeats 3] [--composite epsilon_plus_flat]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ import json
 import resource
 import subprocess
 import sys
+
 import torch
 from bench_cam import best_seconds  # benchmarks/ is on sys.path when a script here runs
 
@@ -51,8 +53,22 @@ def main() -> None:
     if args.child:
         return peak_memory_child(args.arch, args.composite, args.size)
     # the child first: Linux keeps a process's peak RSS across exec, so it must start while this one is small
-    child = subprocess.run([sys.executable, __file__, "--child", "--arch", args.arch, "--size", str(args.size),
-                            "--composite", args.composite], capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--arch",
+            args.arch,
+            "--size",
+            str(args.size),
+            "--composite",
+            args.composite,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     memory = json.loads(child.stdout.strip().splitlines()[-1])
     model = model_with_random_statistics(args.arch)
     images = torch.randn(1, 3, args.size, args.size)
@@ -61,14 +77,18 @@ def main() -> None:
     rel_diff = abs(batched - separate).max() / abs(separate).max()
     fast = best_seconds(lambda: lrp.explain_lrp(model, images, composite=args.composite), args.repeats)
     slow = best_seconds(lambda: lrp.explain_lrp_separately(model, images, composite=args.composite), args.repeats)
-    print(f"{args.arch}, {args.size} px, 1 image, 14 pathologies, {args.composite}, canonization full, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.arch}, {args.size} px, 1 image, 14 pathologies, {args.composite}, canonization full, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"  explain_lrp (shared forward, batched backward): {fast:.2f} s")
     print(f"  14 separate zennit Gradient calls:              {slow:.2f} s")
     print(f"  speed-up: {slow / fast:.1f}x (target >= 2x)")
     print(f"  float32 relative max difference: {rel_diff:.1e}")
-    print(f"  peak RSS of a fresh process running one call: {memory['peak_mb']:.0f} MB "
-          f"(before the call: {memory['before_mb']:.0f} MB; target <= 4096 MB)")
+    print(
+        f"  peak RSS of a fresh process running one call: {memory['peak_mb']:.0f} MB "
+        f"(before the call: {memory['before_mb']:.0f} MB; target <= 4096 MB)"
+    )
 
 
 if __name__ == "__main__":

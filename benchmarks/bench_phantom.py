@@ -3,6 +3,7 @@
 Times :func:`helpers.phantom.generate` end to end (labels, rendering, JPEG files, RLE masks, CSVs,
 JSON) into a temporary folder, with BLAS/OpenMP pinned to one thread. Run: ``python benchmarks/bench_phantom.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dir", default=None, help="where to write (default: the system temp folder); "
-                        "/dev/shm separates the code's speed from the disk's")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where to write (default: the system temp folder); /dev/shm separates the code's speed from the disk's",
+    )
     args = parser.parse_args()
     rates = []
     for repeat in range(args.repeats):
@@ -49,17 +53,21 @@ def main() -> None:
             start = time.perf_counter()
             phantom.generate(Path(tmp) / "phantom", args.images, args.size, seed=repeat, n_valid=1)
             rates.append(args.images / (time.perf_counter() - start))
-    print(f"| benchmark | images | size | best images/s | median images/s | target |")
-    print(f"|---|---|---|---|---|---|")
+    print("| benchmark | images | size | best images/s | median images/s | target |")
+    print("|---|---|---|---|---|---|")
     where = args.dir or tempfile.gettempdir()
-    print(f"| phantom.generate (1 thread) into {where} | {args.images} | {args.size} | {max(rates):.0f} | "
-          f"{sorted(rates)[len(rates) // 2]:.0f} | >= 500 |")
+    print(
+        f"| phantom.generate (1 thread) into {where} | {args.images} | {args.size} | {max(rates):.0f} | "
+        f"{sorted(rates)[len(rates) // 2]:.0f} | >= 500 |"
+    )
     total = 1e3 / max(rates)
     anatomy = render_ms_per_image(1024, args.size, findings=False)
     with_findings = render_ms_per_image(1024, args.size, findings=True)
-    print(f"\nper image at {args.size} px: {total:.2f} ms in all; render {with_findings:.2f} ms "
-          f"(anatomy + exposure {anatomy:.2f} ms, findings {with_findings - anatomy:.2f} ms); "
-          f"files, RLE masks, CSV and JSON {max(total - with_findings, 0):.2f} ms")
+    print(
+        f"\nper image at {args.size} px: {total:.2f} ms in all; render {with_findings:.2f} ms "
+        f"(anatomy + exposure {anatomy:.2f} ms, findings {with_findings - anatomy:.2f} ms); "
+        f"files, RLE masks, CSV and JSON {max(total - with_findings, 0):.2f} ms"
+    )
 
 
 if __name__ == "__main__":

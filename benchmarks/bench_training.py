@@ -4,6 +4,7 @@ the same loop fed pre-made in-memory tensors (target: ratio >= 0.9).
 Uses the profile's prepared training split (run notebook 01 first) and model. Run:
 ``python benchmarks/bench_training.py [--profile default] [--steps 40]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,13 @@ import time
 
 import torch
 
-from helpers import config, data, models, train
+from helpers import models, train
+from helpers.run import Run
 
 
-def images_per_second(model, batches, config_: train.TrainConfig) -> float:
+def images_per_second(model, batches, learning_rate: float) -> float:
     """Train on ``batches`` (an iterable of dicts) and return images per second, after one warm-up step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=config_.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     model.train()
     seen, start = 0, None
     for step, batch in enumerate(batches):
@@ -36,19 +38,23 @@ def main() -> None:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
-    profile = config.load_profile(args.profile)
-    cfg = train.TrainConfig.from_profile(profile)
-    dataset = data.load_profile_data(profile).dataset("train", cfg.policy, cfg.mean, cfg.std)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                         num_workers=cfg.num_workers, drop_last=True)
+    run = Run(args.profile, device="cpu")
+    profile, cfg = run.profile, run.profile.train
+    dataset = run.data().dataset("train", cfg.policy, profile.mean, profile.std)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=True
+    )
     in_memory = [next(iter(loader)) for _ in range(3)]  # pre-made tensors, no indexing or normalising
     rates = {}
     for name in ("in-memory tensors", "Dataset + DataLoader", "in-memory tensors (again)"):
         train.seed_everything(0)
         model = models.build_model(cfg.arch).to(memory_format=torch.channels_last)
-        batches = (in_memory[i % 3] for i in range(args.steps)) if "memory" in name else \
-            (b for _, b in zip(range(args.steps), _cycle(loader)))
-        rates[name] = images_per_second(model, batches, cfg)
+        batches = (
+            (in_memory[i % 3] for i in range(args.steps))
+            if "memory" in name
+            else (b for _, b in zip(range(args.steps), _cycle(loader)))
+        )
+        rates[name] = images_per_second(model, batches, cfg.learning_rate)
     reference = (rates["in-memory tensors"] + rates["in-memory tensors (again)"]) / 2
     print(f"| feed ({profile.name}, {profile.image_size} px, {cfg.arch}, batch {cfg.batch_size}) | images/s |")
     print("|---|---|")

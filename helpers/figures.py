@@ -1,9 +1,10 @@
 """Paper figures: PDF with embedded TrueType fonts plus 300-dpi PNG, at IEEE column widths."""
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -12,15 +13,23 @@ import pandas as pd
 import seaborn as sns
 
 from helpers import labels
-from helpers.data import atomic_path
+from helpers.io import atomic_path
 
 #: IEEE one- and two-column figure widths, inches.
 ONE_COLUMN = 3.5
 TWO_COLUMN = 7.16
 STYLE = {
-    "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType fonts embedded: editable text, accepted by IEEE
-    "font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsize": 6, "ytick.labelsize": 6,
-    "legend.fontsize": 6, "figure.dpi": 100, "savefig.dpi": 300, "savefig.bbox": "tight",
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,  # TrueType fonts embedded: editable text, accepted by IEEE
+    "font.size": 7,
+    "axes.titlesize": 7,
+    "axes.labelsize": 7,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "legend.fontsize": 6,
+    "figure.dpi": 100,
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
 }
 
 
@@ -46,8 +55,9 @@ def save_figure(fig: plt.Figure, number: int, slug: str, folder: str | Path) -> 
 def label_rates_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Share of rows coded positive / uncertain / negative / blank, one row per pathology."""
     codes = {"positive": 1.0, "uncertain": -1.0, "negative": 0.0}
-    table = {name: {key: float((frame[name] == code).mean()) for key, code in codes.items()}
-             for name in labels.PATHOLOGIES}
+    table = {
+        name: {key: float((frame[name] == code).mean()) for key, code in codes.items()} for name in labels.PATHOLOGIES
+    }
     rates = pd.DataFrame(table).T
     rates["blank"] = 1.0 - rates.sum(axis=1)
     return rates
@@ -91,17 +101,31 @@ def plot_cooccurrence(frame: pd.DataFrame, reference: dict | None = None) -> plt
     with paper_style():
         fig, axes = plt.subplots(1, len(panels), figsize=(TWO_COLUMN, 3.3), squeeze=False)
         for ax, (title, matrix) in zip(axes[0], panels.items()):
-            sns.heatmap(matrix, ax=ax, vmin=0, vmax=1, cmap="viridis", square=True, cbar=ax is axes[0, -1],
-                        xticklabels=labels.PATHOLOGIES, yticklabels=labels.PATHOLOGIES if ax is axes[0, 0] else False,
-                        cbar_kws={"label": "P(column positive | row positive)", "shrink": 0.7})
+            sns.heatmap(
+                matrix,
+                ax=ax,
+                vmin=0,
+                vmax=1,
+                cmap="viridis",
+                square=True,
+                cbar=ax is axes[0, -1],
+                xticklabels=labels.PATHOLOGIES,
+                yticklabels=labels.PATHOLOGIES if ax is axes[0, 0] else False,
+                cbar_kws={"label": "P(column positive | row positive)", "shrink": 0.7},
+            )
             ax.set_title(title)
             ax.tick_params(length=0)
         fig.tight_layout()
     return fig
 
 
-def plot_examples(images: np.ndarray, masks: np.ndarray, frame: pd.DataFrame,
-                  pathologies: Sequence[str] = labels.LOCALISABLE, columns: int = 7) -> plt.Figure:
+def plot_examples(
+    images: np.ndarray,
+    masks: np.ndarray,
+    frame: pd.DataFrame,
+    pathologies: Sequence[str] = labels.LOCALISABLE,
+    columns: int = 7,
+) -> plt.Figure:
     """One radiograph per pathology (its first positive image) with the ground-truth contour."""
     rows = int(np.ceil(len(pathologies) / columns))
     with paper_style():
@@ -140,6 +164,7 @@ def plot_history(history: pd.DataFrame) -> plt.Figure:
 def plot_roc_curves(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, table: pd.DataFrame) -> plt.Figure:
     """One ROC curve per pathology with its AUROC and 95% CI in the title."""
     from sklearn.metrics import roc_curve
+
     auroc = table[table["metric"] == "AUROC"].set_index("pathology")
     with paper_style():
         fig, axes = plt.subplots(3, 5, figsize=(TWO_COLUMN, 4.6), sharex=True, sharey=True)
@@ -172,8 +197,16 @@ def plot_metric_intervals(table: pd.DataFrame, metric: str = "AUROC", references
         fig, ax = plt.subplots(figsize=(ONE_COLUMN, 3.0))
         y = np.arange(len(rows))
         errors = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]])
-        ax.errorbar(rows["value"], y, xerr=np.nan_to_num(errors), fmt="o", color="#2c3e50", markersize=2.5,
-                    elinewidth=0.8, capsize=1.5)
+        ax.errorbar(
+            rows["value"],
+            y,
+            xerr=np.nan_to_num(errors),
+            fmt="o",
+            color="#2c3e50",
+            markersize=2.5,
+            elinewidth=0.8,
+            capsize=1.5,
+        )
         for k, (name, value) in enumerate((references or {}).items()):
             ax.axvline(value, linestyle="--", linewidth=0.7, color=("#e67e22", "#8e44ad")[k % 2], label=name)
         ax.set_yticks(y, rows["pathology"])
@@ -185,8 +218,9 @@ def plot_metric_intervals(table: pd.DataFrame, metric: str = "AUROC", references
     return fig
 
 
-def plot_metric_by_pathology(summary: pd.DataFrame, metric_names: Sequence[str], methods: Sequence[str],
-                             titles: dict | None = None) -> plt.Figure:
+def plot_metric_by_pathology(
+    summary: pd.DataFrame, metric_names: Sequence[str], methods: Sequence[str], titles: dict | None = None
+) -> plt.Figure:
     """One panel per metric: mean and 95% CI per pathology (and pooled, ``all``), one colour per method."""
     palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
     with paper_style():
@@ -198,8 +232,17 @@ def plot_metric_by_pathology(summary: pd.DataFrame, metric_names: Sequence[str],
                 own = rows[rows["method"] == method].set_index("pathology").reindex(order)
                 x = np.arange(len(order)) + (m - (len(methods) - 1) / 2) * 0.8 / len(methods)
                 errors = np.vstack([own["mean"] - own["ci_low"], own["ci_high"] - own["mean"]])
-                ax.errorbar(x, own["mean"], yerr=np.nan_to_num(errors), fmt="o", markersize=2, elinewidth=0.7,
-                            capsize=1, color=palette[method], label=method)
+                ax.errorbar(
+                    x,
+                    own["mean"],
+                    yerr=np.nan_to_num(errors),
+                    fmt="o",
+                    markersize=2,
+                    elinewidth=0.7,
+                    capsize=1,
+                    color=palette[method],
+                    label=method,
+                )
             ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
             ax.set_ylabel((titles or {}).get(metric, metric))
             ax.axvline(len(order) - 1.5, color="0.8", linewidth=0.6)
@@ -235,7 +278,8 @@ def save_table(table: pd.DataFrame, folder: str | Path, slug: str, caption: str 
             if suffix == "csv":
                 table.to_csv(tmp, index=False)
             else:
-                Path(tmp).write_text(table.to_latex(index=False, escape=True, caption=caption or None,
-                                                    na_rep="--", float_format="%.3f"))
+                Path(tmp).write_text(
+                    table.to_latex(index=False, escape=True, caption=caption or None, na_rep="--", float_format="%.3f")
+                )
         written.append(target)
     return written

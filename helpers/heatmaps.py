@@ -4,18 +4,19 @@ Maps are float32 ``(n_images, n_pathologies, H, W)`` at input resolution, stored
 signed, CAM maps are non-negative. Normalisation for display or scoring is a function applied at use
 (:func:`normalise`), never baked into the stored maps.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from helpers import labels
-from helpers.data import atomic_path
+from helpers.io import atomic_path
 
 
 @dataclass
@@ -36,6 +37,9 @@ class HeatmapSet:
         The method's parameters (composite, canonization, target layer...), plain JSON types.
     probs : numpy.ndarray
         float32 ``(n_images, n_pathologies)``: the model's probabilities for those pathologies.
+    signed : bool
+        Whether the maps carry signed relevance (LRP, Gradient x Input: diverging display, positive part
+        scored) rather than non-negative scores (CAM). Recorded by the explainer, never guessed.
     """
 
     maps: np.ndarray
@@ -44,6 +48,7 @@ class HeatmapSet:
     method: str
     params: dict = field(default_factory=dict)
     probs: np.ndarray | None = None
+    signed: bool = False
 
     def __post_init__(self):
         self.maps = np.asarray(self.maps, dtype=np.float32)
@@ -52,10 +57,15 @@ class HeatmapSet:
         labels.pathology_indices(self.pathologies)
         n, p = self.maps.shape[:2] if self.maps.ndim == 4 else (None, None)
         if self.maps.ndim != 4 or n != len(self.image_ids) or p != len(self.pathologies):
-            raise ValueError(f"maps must be (n_images, n_pathologies, H, W) = ({len(self.image_ids)}, "
-                             f"{len(self.pathologies)}, H, W); got {self.maps.shape}.")
-        self.probs = (np.full((n, p), np.nan, np.float32) if self.probs is None
-                      else np.asarray(self.probs, dtype=np.float32).reshape(n, p))
+            raise ValueError(
+                f"maps must be (n_images, n_pathologies, H, W) = ({len(self.image_ids)}, "
+                f"{len(self.pathologies)}, H, W); got {self.maps.shape}."
+            )
+        self.probs = (
+            np.full((n, p), np.nan, np.float32)
+            if self.probs is None
+            else np.asarray(self.probs, dtype=np.float32).reshape(n, p)
+        )
 
     def map(self, image: int | str, pathology: str) -> np.ndarray:
         """One ``(H, W)`` map by image index or id and pathology name."""
@@ -64,24 +74,38 @@ class HeatmapSet:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.npz`` file atomically (maps, probabilities and JSON metadata)."""
-        meta = {"image_ids": self.image_ids, "pathologies": self.pathologies, "method": self.method,
-                "params": self.params}
+        meta = {
+            "image_ids": self.image_ids,
+            "pathologies": self.pathologies,
+            "method": self.method,
+            "params": self.params,
+            "signed": self.signed,
+        }
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, maps=self.maps, probs=self.probs, meta=np.array(json.dumps(meta)))
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "HeatmapSet":
+    def load(cls, path: str | os.PathLike) -> HeatmapSet:
         """Read a file written by :meth:`save`; names the notebook to run when it is missing."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"No heatmaps at {path}: run the notebook that explains with this method "
-                                    f"first (03 for LRP, 04 for Grad-CAM).")
+            raise FileNotFoundError(
+                f"No heatmaps at {path}: run the notebook that explains with this method "
+                f"first (03 for LRP, 04 for Grad-CAM)."
+            )
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
-            return cls(archive["maps"], meta["image_ids"], meta["pathologies"], meta["method"], meta["params"],
-                       archive["probs"])
+            return cls(
+                archive["maps"],
+                meta["image_ids"],
+                meta["pathologies"],
+                meta["method"],
+                meta["params"],
+                archive["probs"],
+                bool(meta.get("signed", False)),
+            )
 
 
 def normalise(maps: np.ndarray, mode: str = "minmax", positive_only: bool = False) -> np.ndarray:
@@ -120,6 +144,8 @@ def load_sets(folder: str | os.PathLike, methods: Sequence[str]) -> dict[str, He
     reference = next(iter(sets.values()), None)
     for method, heatmaps in sets.items():
         if heatmaps.image_ids != reference.image_ids:
-            raise ValueError(f"{method} explains other images than {reference.method}; rerun notebooks 03 and 04 "
-                             f"with the same profile so that both explain the same test images.")
+            raise ValueError(
+                f"{method} explains other images than {reference.method}; rerun notebooks 03 and 04 "
+                f"with the same profile so that both explain the same test images."
+            )
     return sets

@@ -1,7 +1,8 @@
 """CheXpert label names and the order every class axis follows."""
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 #: The 14 CheXpert observations, in the column order of CheXpert's ``train.csv``.
 PATHOLOGIES: tuple[str, ...] = (
@@ -55,8 +56,7 @@ def pathology_indices(names: Iterable[str] | None = None) -> list[int]:
     unknown = [name for name in names if name not in PATHOLOGIES]
     if unknown:
         raise ValueError(
-            f"Unknown pathology name(s) {unknown}; use names from helpers.labels.PATHOLOGIES: "
-            f"{list(PATHOLOGIES)}"
+            f"Unknown pathology name(s) {unknown}; use names from helpers.labels.PATHOLOGIES: {list(PATHOLOGIES)}"
         )
     return [PATHOLOGIES.index(name) for name in names]
 

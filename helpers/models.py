@@ -6,6 +6,7 @@ activation of ``features[-1]``) can work on that, so every model here ends
 ``features -> ReLU -> AdaptiveAvgPool2d(1) -> Flatten -> Linear`` as modules. The parameter-free head
 modules add no ``state_dict`` keys: torchvision checkpoints and ImageNet weights load unchanged.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ import torchvision
 from torch import nn
 
 from helpers import labels
-from helpers.data import atomic_path
+from helpers.io import atomic_path
 
 #: Architectures :func:`build_model` knows; ``densenet_compact`` is a small DenseNet from the same
 #: torchvision class (same layer types and module names) that trains in minutes on a CPU.
@@ -31,14 +32,65 @@ class CheckpointError(RuntimeError):
     """A checkpoint is corrupt, or was made for another architecture, label list or image size."""
 
 
-class ExplicitHeadDenseNet(nn.Module):
+class ExplicitHeadModel(nn.Module):
+    """A classifier that says where its explainable parts are, so no caller guesses from attribute names.
+
+    Every model :func:`build_model` returns is one. Subclasses set :attr:`target_layer_name`,
+    :attr:`head_names` and :attr:`cam_layer_names` (module names as in ``named_modules()``) and define
+    :meth:`randomisation_stages`. The model's logits are ``head(target_layer output)``.
+    """
+
+    #: The module whose output CAMs read; its output feeds :attr:`head`.
+    target_layer_name: str
+    #: The modules after the target layer, in forward order.
+    head_names: tuple[str, ...]
+    #: Layers for matched-resolution CAMs: key (``"head"``, ``"2x"``, ``"4x"``: the map's resolution relative to
+    #: the target layer's) -> module name. The same keys for every architecture.
+    cam_layer_names: dict[str, str]
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The module CAMs read (its output is the last spatial feature map)."""
+        return self.get_submodule(self.target_layer_name)
+
+    @property
+    def head(self) -> nn.Sequential:
+        """The modules after :attr:`target_layer` (the model's own, not copies): logits = head(target output)."""
+        return nn.Sequential(*(self.get_submodule(name) for name in self.head_names))
+
+    def cam_layers(self) -> dict[str, nn.Module]:
+        """Layers for CAMs at several depths: ``"head"`` (the target layer), ``"2x"`` and ``"4x"`` its resolution.
+
+        The module names behind the keys are in :attr:`cam_layer_names`.
+        """
+        return {key: self.get_submodule(name) for key, name in self.cam_layer_names.items()}
+
+    def randomisation_stages(self) -> list[tuple[str, list[str]]]:
+        """(stage name, module names) from the output down, for cascading randomisation (cumulative in order).
+
+        Together the stages hold every parameter of the model exactly once.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define its randomisation stages.")
+
+
+class ExplicitHeadDenseNet(ExplicitHeadModel):
     """A torchvision DenseNet with ``features -> ReLU -> AdaptiveAvgPool2d -> Flatten -> Linear`` as modules.
+
+    CAM layers and their strides (input side / map side): ``"head"`` = ``head_relu`` 32, ``"2x"`` =
+    ``features.transition3.relu`` 16 and ``"4x"`` = ``features.transition2.relu`` 8 (maps of 4, 8 and 16 px
+    at 128 px). The transitions' ReLUs are taken rather than the transitions themselves because each
+    transition ends in a stride-2 average pooling: ``features.transition3``'s output is already at stride
+    32. Like ``head_relu``, they are BatchNorm + ReLU of a dense block's output.
 
     Parameters
     ----------
     densenet : torchvision.models.DenseNet
         Its ``features`` and ``classifier`` are reused as they are (same names, same state_dict keys).
     """
+
+    target_layer_name = "head_relu"
+    head_names = ("pool", "flatten", "classifier")
+    cam_layer_names = {"head": "head_relu", "2x": "features.transition3.relu", "4x": "features.transition2.relu"}
 
     def __init__(self, densenet: torchvision.models.DenseNet):
         super().__init__()
@@ -51,9 +103,26 @@ class ExplicitHeadDenseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.flatten(self.pool(self.head_relu(self.features(x)))))
 
+    def randomisation_stages(self) -> list[tuple[str, list[str]]]:
+        """``classifier``, each dense block with the transition (or final norm) after it, top down, ``stem``."""
+        feature_names = [name for name, _ in self.features.named_children()]
+        stages = [("classifier", ["classifier"])]
+        for block in [name for name in feature_names if name.startswith("denseblock")][::-1]:
+            transition = f"transition{block.removeprefix('denseblock')}"
+            after = f"features.{transition}" if transition in feature_names else "features.norm5"
+            stages.append((block, [f"features.{block}", after]))
+        return stages + [("stem", ["features.conv0", "features.norm0"])]
 
-class ExplicitHeadResNet(nn.Module):
-    """A torchvision ResNet whose flatten is a module too (its ReLUs and pooling already are)."""
+
+class ExplicitHeadResNet(ExplicitHeadModel):
+    """A torchvision ResNet whose flatten is a module too (its ReLUs and pooling already are).
+
+    CAM layers and their strides: ``"head"`` = ``layer4`` 32, ``"2x"`` = ``layer3`` 16, ``"4x"`` = ``layer2`` 8.
+    """
+
+    target_layer_name = "layer4"
+    head_names = ("avgpool", "flatten", "fc")
+    cam_layer_names = {"head": "layer4", "2x": "layer3", "4x": "layer2"}
 
     def __init__(self, resnet: torchvision.models.ResNet):
         super().__init__()
@@ -66,10 +135,15 @@ class ExplicitHeadResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.flatten(self.avgpool(x)))
 
+    def randomisation_stages(self) -> list[tuple[str, list[str]]]:
+        """``fc``, ``layer4`` down to ``layer1``, then ``stem`` (``conv1``, ``bn1``)."""
+        return [("fc", ["fc"])] + [(f"layer{n}", [f"layer{n}"]) for n in (4, 3, 2, 1)] + [("stem", ["conv1", "bn1"])]
 
-def build_model(arch: str = "densenet121", num_classes: int = len(labels.PATHOLOGIES),
-                weights: str | os.PathLike | None = None) -> nn.Module:
-    """A classifier with an explicit head.
+
+def build_model(
+    arch: str = "densenet121", num_classes: int = len(labels.PATHOLOGIES), weights: str | os.PathLike | None = None
+) -> ExplicitHeadModel:
+    """A classifier with an explicit head (an :class:`ExplicitHeadModel`).
 
     Parameters
     ----------
@@ -106,7 +180,9 @@ def _imagenet_state_dict(arch: str, weights) -> dict:
             raise FileNotFoundError(f"Weights file not found: {path}.")
         return torch.load(path, map_location="cpu", weights_only=True)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[arch]
-    enum = {"densenet121": torchvision.models.DenseNet121_Weights, "resnet50": torchvision.models.ResNet50_Weights}[arch]
+    enum = {"densenet121": torchvision.models.DenseNet121_Weights, "resnet50": torchvision.models.ResNet50_Weights}[
+        arch
+    ]
     try:
         return enum.IMAGENET1K_V1.get_state_dict(progress=False)
     except (OSError, RuntimeError) as error:  # URLError is an OSError: offline
@@ -123,8 +199,13 @@ def _imagenet_state_dict(arch: str, weights) -> dict:
 def library_versions() -> dict[str, str]:
     """Versions recorded in every checkpoint."""
     import numpy
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+    }
     return {name: str(version) for name, version in versions.items()}  # TorchVersion is not weights_only-safe
 
 
@@ -149,8 +230,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged zip / pickle
-        raise CheckpointError(f"Checkpoint {path} is corrupt or not a chexplain checkpoint ({type(error).__name__}: "
-                              f"{error}). Delete it and train again (notebook 02).") from error
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupt or not a chexplain checkpoint ({type(error).__name__}: "
+            f"{error}). Delete it and train again (notebook 02)."
+        ) from error
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise CheckpointError(f"Checkpoint {path} lacks 'state_dict' or 'meta'; it was not written by chexplain.")
     return payload
@@ -172,11 +255,22 @@ def load_checkpoint(path: str | os.PathLike, **expected) -> tuple[nn.Module, dic
     return model.eval(), meta
 
 
+def meta_mismatches(meta: dict, **expected) -> list[str]:
+    """One line per field where ``meta`` differs from ``expected`` (tuples compare equal to lists)."""
+    normalise = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return [
+        f"{key}: checkpoint has {meta.get(key)!r}, expected {value!r}"
+        for key, value in expected.items()
+        if normalise(meta.get(key)) != normalise(value)
+    ]
+
+
 def check_meta(meta: dict, path, **expected) -> None:
     """Raise :class:`CheckpointError` naming every field where ``meta`` differs from ``expected``."""
-    normalise = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-    mismatches = [f"{key}: checkpoint has {meta.get(key)!r}, expected {value!r}"
-                  for key, value in expected.items() if normalise(meta.get(key)) != normalise(value)]
+    mismatches = meta_mismatches(meta, **expected)
     if mismatches:
-        raise CheckpointError(f"Checkpoint {path} does not match this run: " + "; ".join(mismatches)
-                              + ". Retrain (notebook 02) or choose the matching profile.")
+        raise CheckpointError(
+            f"Checkpoint {path} does not match this run: "
+            + "; ".join(mismatches)
+            + ". Retrain (notebook 02) or choose the matching profile."
+        )

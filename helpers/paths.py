@@ -3,6 +3,7 @@
 Notebooks run from ``notebooks/`` (nbmake), from the caller's folder (papermill) or anywhere else;
 deriving paths from ``__file__`` makes them all agree.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+#: The committed figures (``make publish`` copies the default run's here; runs never write here).
 FIGURES_DIR = PROJECT_ROOT / "figures"
 BENCHMARKS_DIR = PROJECT_ROOT / "benchmarks"
 
@@ -28,17 +30,9 @@ def runs_root() -> Path:
     return Path(os.environ.get("CHEXPLAIN_RUNS_DIR", PROJECT_ROOT / "runs")).resolve()
 
 
-def run_dir(profile: "Profile | str") -> Path:
+def run_dir(profile: Profile | str) -> Path:
     """``runs/<profile>/``: everything a run makes (data, cache, checkpoint, heatmaps, notebooks)."""
     name = profile if isinstance(profile, str) else profile.name
     path = runs_root() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def figures_dir(profile: "Profile | str") -> Path:
-    """Where a profile's figures go: ``figures/`` for ``default`` (committed), else the run folder."""
-    name = profile if isinstance(profile, str) else profile.name
-    path = FIGURES_DIR if name == "default" else run_dir(name) / "figures"
     path.mkdir(parents=True, exist_ok=True)
     return path

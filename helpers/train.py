@@ -1,84 +1,110 @@
-"""Fit, evaluate and checkpoint the multi-label classifier.
+"""Fit and checkpoint the multi-label classifier (evaluation lives in :mod:`helpers.evaluate`).
 
 Multi-label BCE on logits with the policy's loss mask; Adam, learning rate x0.1 on a validation
 plateau, early stopping and best-checkpoint selection on validation mean AUROC (never the test split).
 Every epoch writes ``last.pt`` (everything needed to resume bit-for-bit on CPU) atomically, and
 ``best.pt`` when validation AUROC improves. Runs unchanged under ``torchrun`` (DistributedDataParallel,
 DistributedSampler, only rank 0 writes): ``torchrun --nproc_per_node=N -m helpers.train --profile paper``.
+The evaluation names (``predict``, ``evaluate``, ``summary_table``, ...) are re-exported from
+:mod:`helpers.evaluate` for callers that still use ``train.<name>``.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from helpers import labels, models
-from helpers.config import IMAGENET_MEAN, IMAGENET_STD
+from helpers import config, labels, models
+from helpers.config import Profile, TrainSettings
+from helpers.evaluate import REFERENCE_AUROC, evaluate, per_class_auroc, predict, save_predictions, summary_table
+from helpers.io import atomic_path
+
+__all__ = [
+    "BEST",
+    "DEVICE_ENV",
+    "LAST",
+    "REFERENCE_AUROC",
+    "TrainingError",
+    "checkpoint_meta",
+    "evaluate",
+    "fit",
+    "load_trained",
+    "main",
+    "masked_bce",
+    "per_class_auroc",
+    "predict",
+    "save_predictions",
+    "seed_everything",
+    "select_device",
+    "summary_table",
+    "train_or_load",
+]
 
 LAST, BEST = "last.pt", "best.pt"
+#: Environment variable that forces a device: ``cpu``, ``cuda`` or ``mps``.
+DEVICE_ENV = "CHEXPLAIN_DEVICE"
+INPUT_DESCRIPTION = "grayscale replicated to 3 channels, then (x/255 - mean) / std"
 
 
 class TrainingError(RuntimeError):
     """Training stopped (for example on a NaN loss); the message says why and which checkpoint is good."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run; stored in the checkpoint and compared on resume."""
-
-    arch: str = "densenet_compact"
-    weights: str | None = None
-    image_size: int = 128
-    labels: list[str] = field(default_factory=lambda: list(labels.PATHOLOGIES))
-    policy: str = "u-ignore"
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    max_epochs: int = 10
-    patience: int = 3
-    lr_patience: int = 1
-    lr_factor: float = 0.1
-    seed: int = 0
-    num_workers: int = 0
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    profile: str = ""
-
-    @classmethod
-    def from_profile(cls, profile, **overrides) -> "TrainConfig":
-        """The training settings of a :class:`helpers.config.Profile`."""
-        keys = ("arch", "weights", "image_size", "policy", "batch_size", "learning_rate", "max_epochs",
-                "patience", "seed", "num_workers")
-        values = {key: getattr(profile, key) for key in keys}
-        values.update(mean=list(profile.mean), std=list(profile.std), profile=profile.name)
-        return cls(**{**values, **overrides})
-
-    def meta(self) -> dict:
-        """Plain-type description for checkpoints; ``input`` says how radiographs reach the network."""
-        return {**asdict(self), "input": "grayscale replicated to 3 channels, then (x/255 - mean) / std"}
-
-
 # --------------------------------------------------------------------------- environment
 
 
 def select_device() -> torch.device:
-    """CUDA, then Apple MPS, then CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
+    """``$CHEXPLAIN_DEVICE`` when set, else CUDA (this process's ``LOCAL_RANK``), then Apple MPS, then CPU.
+
+    Raises
+    ------
+    ValueError
+        If ``$CHEXPLAIN_DEVICE`` names no known device.
+    RuntimeError
+        If it names a device this machine does not have.
+    """
+    forced = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if forced:
+        return _forced_device(forced)
+    for name in ("cuda", "mps"):
+        if _DEVICE_AVAILABLE[name]():
+            return _device(name)
     return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+_DEVICE_AVAILABLE = {"cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": _mps_available}
+
+
+def _device(name: str) -> torch.device:
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if name == "cuda" else torch.device(name)
+
+
+def _forced_device(name: str) -> torch.device:
+    if name not in _DEVICE_AVAILABLE:
+        raise ValueError(
+            f"{DEVICE_ENV}={name!r} is not a device chexplain knows; set it to one of "
+            f"{sorted(_DEVICE_AVAILABLE)}, or unset it to pick the best available."
+        )
+    if not _DEVICE_AVAILABLE[name]():
+        raise RuntimeError(
+            f"{DEVICE_ENV}={name!r}, but this machine has no {name} device (or torch was built "
+            f"without it); set {DEVICE_ENV}=cpu or unset it."
+        )
+    return _device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,124 +124,34 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-# --------------------------------------------------------------------------- prediction and metrics
+def checkpoint_meta(profile: Profile) -> dict:
+    """Plain-type metadata every checkpoint of ``profile`` carries (flat keys, as older checkpoints have).
 
-
-@torch.no_grad()
-def predict(model: nn.Module, dataset, batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
-    """Sigmoid probabilities ``(n, n_classes)`` for a dataset of items with an ``image`` key."""
-    device = device or next(model.parameters()).device
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    outputs = [torch.sigmoid(model(batch["image"].to(device))).float().cpu() for batch in loader]
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(labels.PATHOLOGIES)), np.float32)
-
-
-def save_predictions(path: str | os.PathLike, image_ids: Sequence[str], probs: np.ndarray) -> Path:
-    """Write probabilities as CSV (``image_id`` + one column per pathology), atomically."""
-    from helpers.data import atomic_path
-    frame = pd.DataFrame(probs, columns=list(labels.PATHOLOGIES))
-    frame.insert(0, "image_id", list(image_ids))
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return Path(path)
-
-
-def per_class_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """AUROC per class (NaN where a class lacks positives or negatives among unmasked rows)."""
-    mask = np.ones_like(targets) if mask is None else mask
-    scores = np.full(targets.shape[1], np.nan)
-    for j in range(targets.shape[1]):
-        keep = mask[:, j] > 0
-        y = targets[keep, j]
-        if 0 < y.sum() < len(y):
-            scores[j] = roc_auc_score(y, probs[keep, j])
-    return scores
-
-
-def evaluate(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-             pathologies: Sequence[str] = labels.PATHOLOGIES, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per-pathology AUROC and average precision with bootstrap 95% CIs, plus macro means.
-
-    Returns a tidy DataFrame: ``pathology, metric, value, ci_low, ci_high, n_pos, n_neg, note``. The
-    bootstrap resamples images (the same resample for every pathology, so macro means get CIs too).
-    Macro rows: ``macro (14)`` over every pathology with both classes present and ``macro (competition)``
-    over the five CheXpert competition pathologies. A pathology without positives (or negatives) is
-    reported with a NaN value and a note, never an error.
+    :func:`helpers.config.resume_fields` plus ``max_epochs``, ``num_workers``, the profile's name and
+    ``input`` (how radiographs reach the network).
     """
-    mask = np.ones_like(targets) if mask is None else mask
-    point = _metric_matrix(probs, targets, mask)
-    rng = np.random.default_rng(seed)
-    boots = np.stack([_metric_matrix(probs[i], targets[i], mask[i])
-                      for i in (rng.integers(0, len(probs), len(probs)) for _ in range(n_boot))]) if n_boot else None
-    rows = []
-    for m, metric in enumerate(("AUROC", "AP")):
-        for j, name in enumerate(pathologies):
-            keep = mask[:, j] > 0
-            n_pos, n_neg = int(targets[keep, j].sum()), int((1 - targets[keep, j]).sum())
-            note = "" if n_pos and n_neg else ("missing: no positives" if not n_pos else "missing: no negatives")
-            rows.append(_row(name, metric, point[m, j], None if boots is None else boots[:, m, j], n_pos, n_neg, note))
-        for macro, members in (("macro (14)", pathologies), ("macro (competition)", labels.COMPETITION)):
-            index = [list(pathologies).index(p) for p in members if p in pathologies]
-            value = np.nanmean(point[m, index]) if np.isfinite(point[m, index]).any() else np.nan
-            spread = None if boots is None else _nanmean_rows(boots[:, m, index])
-            rows.append(_row(macro, metric, value, spread, None, None, ""))
-    return pd.DataFrame(rows)
-
-
-def _metric_matrix(probs, targets, mask) -> np.ndarray:
-    auroc = per_class_auroc(probs, targets, mask)
-    ap = np.full_like(auroc, np.nan)
-    for j in np.flatnonzero(np.isfinite(auroc)):
-        keep = mask[:, j] > 0
-        ap[j] = average_precision_score(targets[keep, j], probs[keep, j])
-    return np.stack([auroc, ap])
-
-
-def _nanmean_rows(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    counts = finite.sum(axis=1)
-    sums = np.where(finite, values, 0).sum(axis=1)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def _row(name, metric, value, boots, n_pos, n_neg, note) -> dict:
-    low = high = np.nan
-    if boots is not None and np.isfinite(value) and np.isfinite(boots).sum() >= 10:
-        low, high = np.nanpercentile(boots, [2.5, 97.5])
-    return {"pathology": name, "metric": metric, "value": value, "ci_low": low, "ci_high": high,
-            "n_pos": n_pos, "n_neg": n_neg, "note": note}
-
-
-#: Published numbers shown beside ours as context. They are on real CheXpert, not on the phantom.
-REFERENCE_AUROC = {
-    "Alam et al. 2022 (CBMS), weighted AUROC, real CheXpert": 0.76,
-    "Irvin et al. 2019, DenseNet-121, mean AUROC of the 5 competition tasks, real CheXpert": 0.91,
-}
-
-
-def summary_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per-pathology AUROC with CI (one row each), macro rows last, and the published references below."""
-    auroc = table[table["metric"] == "AUROC"].set_index("pathology")
-    ours = pd.DataFrame({
-        "AUROC": auroc["value"], "95% CI": [_ci_text(r) for _, r in auroc.iterrows()],
-        "AP": table[table["metric"] == "AP"].set_index("pathology")["value"],
-        "positives": auroc["n_pos"], "note": auroc["note"], "data": "this run"})
-    references = pd.DataFrame({"AUROC": list(REFERENCE_AUROC.values()), "95% CI": "", "AP": np.nan,
-                               "positives": None, "note": "", "data": "other data (published)"},
-                              index=list(REFERENCE_AUROC))
-    return pd.concat([ours, references])
-
-
-def _ci_text(row) -> str:
-    return "" if not np.isfinite(row["ci_low"]) else f"{row['ci_low']:.3f}-{row['ci_high']:.3f}"
+    return {
+        **config.resume_fields(profile),
+        "max_epochs": profile.train.max_epochs,
+        "num_workers": profile.train.num_workers,
+        "profile": profile.name,
+        "input": INPUT_DESCRIPTION,
+    }
 
 
 # --------------------------------------------------------------------------- fitting
 
 
-def fit(model: nn.Module, train_set, val_set, config: TrainConfig, out_dir: str | os.PathLike,
-        resume: bool = True, progress: bool = True, stop_after_epoch: int | None = None) -> pd.DataFrame:
+def fit(
+    model: nn.Module,
+    train_set,
+    val_set,
+    profile: Profile,
+    out_dir: str | os.PathLike,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> pd.DataFrame:
     """Train ``model`` and return the history (one row per epoch: loss, val AUROC, learning rate, seconds).
 
     Parameters
@@ -224,54 +160,77 @@ def fit(model: nn.Module, train_set, val_set, config: TrainConfig, out_dir: str 
         From :func:`helpers.models.build_model`; seed before building it for reproducible initial weights.
     train_set, val_set : Dataset
         Items with ``image``, ``target`` and ``loss_mask`` (:class:`helpers.data.ChestXrayDataset`).
-    config : TrainConfig
+    profile : Profile
+        ``profile.train`` says how to fit; :func:`checkpoint_meta` what the checkpoints record.
     out_dir : path-like
         Receives ``last.pt`` every epoch and ``best.pt`` on every validation improvement.
     resume : bool
-        Continue from ``out_dir/last.pt`` when it exists; its config must equal ``config``.
+        Continue from ``out_dir/last.pt`` when it exists; it must match :func:`helpers.config.resume_fields`.
     stop_after_epoch : int, optional
         Return after this epoch as if interrupted (used to test that resuming is exact).
+
+    Raises
+    ------
+    helpers.models.CheckpointError
+        If ``last.pt`` was written for other settings (the message names each difference).
+    TrainingError
+        If the loss stops being finite.
     """
-    out_dir = Path(out_dir)
+    out_dir, settings = Path(out_dir), profile.train
     device = select_device()
     model = model.to(device, memory_format=torch.channels_last)  # ~15% faster convolutions on CPU
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor,
-                                                           patience=config.lr_patience)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=settings.lr_factor, patience=settings.lr_patience
+    )
     state = {"epoch": 0, "best": -np.inf, "stale": 0, "history": []}
     if resume and (out_dir / LAST).is_file():
-        state = _restore(out_dir / LAST, model, optimizer, scheduler, config)
+        state = _restore(out_dir / LAST, model, optimizer, scheduler, profile)
     network = nn.parallel.DistributedDataParallel(model) if _distributed() else model
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     val_targets, val_mask = val_set.targets, val_set.loss_mask
-    for epoch in range(state["epoch"] + 1, config.max_epochs + 1):
-        if state["stale"] >= config.patience:
+    for epoch in range(state["epoch"] + 1, settings.max_epochs + 1):
+        if state["stale"] >= settings.patience:
             break
         started = time.perf_counter()
-        loss = _train_epoch(network, train_set, optimizer, scaler, config, epoch, device, progress, out_dir)
+        loader = _train_loader(train_set, settings, profile.seed, epoch)
+        loss = _train_epoch(network, loader, optimizer, scaler, epoch, device, progress, out_dir, settings.max_epochs)
         val_auroc = np.nanmean(per_class_auroc(predict(model, val_set, device=device), val_targets, val_mask))
         scheduler.step(val_auroc)
         improved = val_auroc > state["best"]
         state.update(epoch=epoch, best=max(state["best"], val_auroc), stale=0 if improved else state["stale"] + 1)
-        state["history"].append({"epoch": epoch, "train_loss": loss, "val_mean_auroc": float(val_auroc),
-                                 "learning_rate": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
+        state["history"].append(
+            {
+                "epoch": epoch,
+                "train_loss": loss,
+                "val_mean_auroc": float(val_auroc),
+                "learning_rate": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+        )
         if _rank() == 0:
-            meta = {**config.meta(), "epoch": epoch, "val_mean_auroc": float(val_auroc)}
+            meta = {**checkpoint_meta(profile), "epoch": epoch, "val_mean_auroc": float(val_auroc)}
             if improved:
                 models.save_checkpoint(out_dir / BEST, model, meta)
-            models.save_checkpoint(out_dir / LAST, model, meta, optimizer=optimizer.state_dict(),
-                                   scheduler=scheduler.state_dict(), state=_plain_state(state))
+            models.save_checkpoint(
+                out_dir / LAST,
+                model,
+                meta,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                state=_plain_state(state),
+            )
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return pd.DataFrame(state["history"])
 
 
-def _train_epoch(network, train_set, optimizer, scaler, config, epoch, device, progress, out_dir) -> float:
+def _train_epoch(network, loader, optimizer, scaler, epoch, device, progress, out_dir, max_epochs) -> float:
     network.train()
-    loader = _train_loader(train_set, config, epoch)
     if progress and _rank() == 0:
         from tqdm.auto import tqdm
-        loader = tqdm(loader, desc=f"epoch {epoch}/{config.max_epochs}", leave=False)
+
+        loader = tqdm(loader, desc=f"epoch {epoch}/{max_epochs}", leave=False)
     total, count = 0.0, 0
     for step, batch in enumerate(loader):
         target, weight = batch["target"].to(device), batch["loss_mask"].to(device)
@@ -280,9 +239,11 @@ def _train_epoch(network, train_set, optimizer, scaler, config, epoch, device, p
             logits = network(image)
         loss = masked_bce(logits.float(), target, weight)
         if not torch.isfinite(loss):
-            raise TrainingError(f"Loss became {loss.item()} at epoch {epoch}, step {step}; training stopped. "
-                                f"The last good checkpoint is {out_dir / LAST} (if any epoch finished). Lower the "
-                                f"learning rate or check the inputs for NaN.")
+            raise TrainingError(
+                f"Loss became {loss.item()} at epoch {epoch}, step {step}; training stopped. "
+                f"The last good checkpoint is {out_dir / LAST} (if any epoch finished). Lower the "
+                f"learning rate or check the inputs for NaN."
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -297,26 +258,30 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return (loss * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def _train_loader(train_set, config: TrainConfig, epoch: int) -> DataLoader:
+def _train_loader(train_set, settings: TrainSettings, seed: int, epoch: int) -> DataLoader:
     """Shuffled by a generator seeded per epoch, so a resumed run sees the same batches."""
     if _distributed():
-        sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed)
+        sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
     else:
-        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
         sampler = RandomSampler(train_set, generator=generator)
-    return DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                      drop_last=len(train_set) > config.batch_size)
+    return DataLoader(
+        train_set,
+        batch_size=settings.batch_size,
+        sampler=sampler,
+        num_workers=settings.num_workers,
+        drop_last=len(train_set) > settings.batch_size,
+    )
 
 
 def _plain_state(state: dict) -> dict:
     return {**state, "best": float(state["best"]), "history": list(state["history"])}
 
 
-def _restore(path: Path, model, optimizer, scheduler, config: TrainConfig) -> dict:
+def _restore(path: Path, model, optimizer, scheduler, profile: Profile) -> dict:
     payload = models.read_checkpoint(path)
-    stored = {k: payload["meta"].get(k) for k in asdict(config)}
-    models.check_meta(stored, path, **{k: v for k, v in asdict(config).items() if k not in ("max_epochs", "num_workers")})
+    models.check_meta(payload["meta"], path, **config.resume_fields(profile))
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
@@ -326,55 +291,89 @@ def _restore(path: Path, model, optimizer, scheduler, config: TrainConfig) -> di
 # --------------------------------------------------------------------------- a profile's model
 
 
-def train_or_load(profile, prepared, progress: bool = True) -> tuple[nn.Module, dict, pd.DataFrame]:
-    """The profile's trained model: loaded from ``best.pt`` when a finished run with this config exists, else trained.
+def train_or_load(
+    profile: Profile, prepared, model_dir: str | os.PathLike, progress: bool = True
+) -> tuple[nn.Module, dict, pd.DataFrame]:
+    """The profile's trained model: loaded from ``model_dir/best.pt`` when a finished run of it exists, else trained.
 
-    Returns the model (eval mode, on CPU), the checkpoint metadata and the training history.
+    Parameters
+    ----------
+    profile : Profile
+    prepared : helpers.data.PreparedData
+        The profile's prepared splits (:func:`helpers.data.load_profile_data`).
+    model_dir : path-like
+        The run's model folder: ``last.pt``, ``best.pt`` and ``history.csv`` (which marks a finished run).
+    progress : bool
+        Show a progress bar per epoch.
+
+    Returns
+    -------
+    model, meta, history
+        The best model (eval mode, on :func:`select_device`), its checkpoint metadata, the training history.
     """
-    config = TrainConfig.from_profile(profile)
-    out_dir = profile.run_dir / "model"
-    history_file = out_dir / "history.csv"
-    if not (history_file.is_file() and _finished_with(out_dir / LAST, config)):
+    model_dir = Path(model_dir)
+    history_file = model_dir / "history.csv"
+    if not (history_file.is_file() and _finished_with(model_dir / LAST, profile)):
         history_file.unlink(missing_ok=True)  # it marks a finished run; this one is not, yet
-        seed_everything(config.seed)
-        model = models.build_model(config.arch, len(config.labels), config.weights)
-        train_set = prepared.dataset("train", config.policy, config.mean, config.std)
-        val_set = prepared.dataset("val", config.policy, config.mean, config.std)
-        history = fit(model, train_set, val_set, config, out_dir, progress=progress)
-        if _rank() == 0:
-            from helpers.data import atomic_path
-            with atomic_path(history_file) as tmp:
-                history.to_csv(tmp, index=False)
-        if _distributed():
-            dist.barrier()  # the other ranks read what rank 0 just wrote
-    model, meta = models.load_checkpoint(out_dir / BEST, arch=config.arch, labels=config.labels,
-                                         image_size=config.image_size)
+        _train(profile, prepared, model_dir, history_file, progress)
+    model, meta = load_trained(profile, model_dir)
     return model, meta, pd.read_csv(history_file)
 
 
-def load_trained(profile) -> tuple[nn.Module, dict]:
-    """The model notebook 02 trained for ``profile`` (its ``best.pt``), checked against the profile."""
-    path = profile.run_dir / "model" / BEST
+def _train(profile: Profile, prepared, model_dir: Path, history_file: Path, progress: bool) -> None:
+    settings = profile.train
+    seed_everything(profile.seed)
+    model = models.build_model(settings.arch, len(labels.PATHOLOGIES), settings.weights)
+    train_set = prepared.dataset("train", settings.policy, profile.mean, profile.std)
+    val_set = prepared.dataset("val", settings.policy, profile.mean, profile.std)
+    history = fit(model, train_set, val_set, profile, model_dir, progress=progress)
+    if _rank() == 0:
+        with atomic_path(history_file) as tmp:
+            history.to_csv(tmp, index=False)
+    if _distributed():
+        dist.barrier()  # the other ranks read what rank 0 just wrote
+
+
+def load_trained(
+    profile: Profile, model_dir: str | os.PathLike, device: torch.device | str | None = None
+) -> tuple[nn.Module, dict]:
+    """The model trained for ``profile`` (``model_dir/best.pt``), in eval mode on ``device``.
+
+    ``device`` defaults to :func:`select_device`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing was trained there yet (run notebook 02).
+    helpers.models.CheckpointError
+        If the checkpoint was trained with other settings (:func:`helpers.config.resume_fields`).
+    """
+    path = Path(model_dir) / BEST
     if not path.is_file():
-        raise FileNotFoundError(f"No trained model at {path}: run notebooks/02_train.ipynb first (same CHEXPLAIN_PROFILE).")
-    config = TrainConfig.from_profile(profile)
-    return models.load_checkpoint(path, arch=config.arch, labels=config.labels, image_size=config.image_size)
+        raise FileNotFoundError(
+            f"No trained model at {path}: run notebooks/02_train.ipynb first "
+            f"(same CHEXPLAIN_PROFILE, here {profile.name!r})."
+        )
+    model, meta = models.load_checkpoint(path, **config.resume_fields(profile))
+    return model.to(device or select_device()).eval(), meta
 
 
-def _finished_with(last: Path, config: TrainConfig) -> bool:
+def _finished_with(last: Path, profile: Profile) -> bool:
+    """Whether ``last`` ends a run of these settings that was meant to last ``max_epochs`` (so it is done)."""
     if not last.is_file():
         return False
     try:
         meta = models.read_checkpoint(last)["meta"]
     except models.CheckpointError:
         return False
-    return all(meta.get(k) == v for k, v in asdict(config).items() if k != "num_workers")
+    expected = {**config.resume_fields(profile), "max_epochs": profile.train.max_epochs}
+    return not models.meta_mismatches(meta, **expected)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line (also under torchrun): train a profile's model from notebook 01's prepared data."""
-    from helpers import config as config_module
-    from helpers import data
+    from helpers.run import Run  # the run owns the paths; imported here, as the run itself imports this module
+
     parser = argparse.ArgumentParser(description="Train the chexplain classifier (torchrun-ready).")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--max-epochs", type=int, default=None)
@@ -382,10 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        profile = config_module.load_profile(args.profile)
-        if args.max_epochs:
-            profile = config_module.load_profile(profile.name, max_epochs=args.max_epochs)
-        train_or_load(profile, data.load_profile_data(profile), progress=_rank() == 0)
+        overrides = {"max_epochs": args.max_epochs} if args.max_epochs else {}
+        profile = config.load_profile(args.profile, **overrides)
+        run = Run(profile)
+        train_or_load(profile, run.data(), run.model_dir, progress=_rank() == 0)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

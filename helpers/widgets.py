@@ -4,10 +4,11 @@ Errors inside ipywidgets callbacks are swallowed by the kernel, so the drawing l
 functions (:func:`render_overlay`) that are unit-tested without a kernel and called once, visibly, by
 the notebooks; the widgets only pick their arguments.
 """
+
 from __future__ import annotations
 
 import textwrap
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,18 +21,19 @@ from helpers.heatmaps import HeatmapSet, normalise
 CAM_CMAP = "inferno"
 LRP_CMAP = "RdBu_r"
 LABEL_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
-METRIC_LABELS = {"hit": "hit", "iou": "IoU", "mass_accuracy": "mass accuracy", "gini": "Gini",
-                 "resolution_px": "resolution (px)", "near_hit": "near hit"}
+METRIC_LABELS = {
+    "hit": "hit",
+    "iou": "IoU",
+    "mass_accuracy": "mass accuracy",
+    "gini": "Gini",
+    "resolution_px": "resolution (px)",
+    "near_hit": "near hit",
+}
 
 
 def label_text(code: float) -> str:
     """CheXpert code as a word (blank is "not mentioned")."""
     return "not mentioned" if code is None or np.isnan(code) else LABEL_NAMES[float(code)]
-
-
-def is_signed(heatmaps: HeatmapSet) -> bool:
-    """Whether maps are signed relevance (LRP: diverging display) rather than non-negative CAMs."""
-    return bool(heatmaps.maps.min() < 0) or heatmaps.method.startswith("lrp")
 
 
 def symmetric_scale(heatmap: np.ndarray, percentile: float = 99.5) -> np.ndarray:
@@ -48,8 +50,16 @@ def short_name(method: str) -> str:
     return "\n".join(textwrap.wrap(words, 12)[:3])
 
 
-def render_overlay(ax: plt.Axes, image: np.ndarray, heatmap: np.ndarray, *, signed: bool,
-                   mask: np.ndarray | None = None, alpha: float = 0.5, title: str = "") -> plt.Axes:
+def render_overlay(
+    ax: plt.Axes,
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    signed: bool,
+    mask: np.ndarray | None = None,
+    alpha: float = 0.5,
+    title: str = "",
+) -> plt.Axes:
     """Draw a radiograph, its heatmap and the ground-truth contour on ``ax``.
 
     Signed maps (LRP) use a diverging map with symmetric limits around zero, at the 99.5th percentile
@@ -69,9 +79,16 @@ def render_overlay(ax: plt.Axes, image: np.ndarray, heatmap: np.ndarray, *, sign
     return shown
 
 
-def render_view(images: np.ndarray, heatmaps: HeatmapSet, image: int, pathology: str, *,
-                codes: np.ndarray | None = None, masks: np.ndarray | None = None,
-                alpha: float = 0.5) -> plt.Figure:
+def render_view(
+    images: np.ndarray,
+    heatmaps: HeatmapSet,
+    image: int,
+    pathology: str,
+    *,
+    codes: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    alpha: float = 0.5,
+) -> plt.Figure:
     """One viewer frame: radiograph, overlay, probability, label and ground-truth contour.
 
     Parameters
@@ -83,7 +100,7 @@ def render_view(images: np.ndarray, heatmaps: HeatmapSet, image: int, pathology:
     """
     j = heatmaps.pathologies.index(pathology)
     k = labels.PATHOLOGIES.index(pathology)
-    signed = is_signed(heatmaps)
+    signed = heatmaps.signed
     mask = None if masks is None else masks[image, k]
     label = "" if codes is None else f", label: {label_text(codes[image, k])}"
     with paper_style():
@@ -92,23 +109,35 @@ def render_view(images: np.ndarray, heatmaps: HeatmapSet, image: int, pathology:
         left.set_title(heatmaps.image_ids[image], fontsize=7)
         left.axis("off")
         title = f"{heatmaps.method}: {pathology}\np = {heatmaps.probs[image, j]:.3f}{label}"
-        shown = render_overlay(right, images[image], heatmaps.maps[image, j], signed=signed, mask=mask,
-                               alpha=alpha, title=title)
-        fig.colorbar(shown, ax=right, fraction=0.046, pad=0.02,
-                     label="relevance / 99.5th pct |relevance|" if signed else "CAM (min-max)")
+        shown = render_overlay(
+            right, images[image], heatmaps.maps[image, j], signed=signed, mask=mask, alpha=alpha, title=title
+        )
+        fig.colorbar(
+            shown,
+            ax=right,
+            fraction=0.046,
+            pad=0.02,
+            label="relevance / 99.5th pct |relevance|" if signed else "CAM (min-max)",
+        )
         fig.tight_layout()
     return fig
 
 
-def heatmap_viewer(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], *,
-                   codes: np.ndarray | None = None, masks: np.ndarray | None = None):
+def heatmap_viewer(
+    images: np.ndarray,
+    heatmap_sets: Mapping[str, HeatmapSet],
+    *,
+    codes: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+):
     """Sliders over pathologies and images, a method dropdown and an opacity slider, around :func:`render_view`."""
     import ipywidgets as widgets
     from IPython.display import display
 
     first = next(iter(heatmap_sets.values()))
-    pathology = widgets.SelectionSlider(options=first.pathologies, description="pathology",
-                                        continuous_update=False, layout={"width": "520px"})
+    pathology = widgets.SelectionSlider(
+        options=first.pathologies, description="pathology", continuous_update=False, layout={"width": "520px"}
+    )
     image = widgets.IntSlider(0, 0, len(first.image_ids) - 1, description="image", continuous_update=False)
     method = widgets.Dropdown(options=list(heatmap_sets), description="method")
     alpha = widgets.FloatSlider(0.5, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False)
@@ -118,17 +147,24 @@ def heatmap_viewer(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], *
         display(fig)
         plt.close(fig)
 
-    output = widgets.interactive_output(draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha})
+    output = widgets.interactive_output(
+        draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha}
+    )
     return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([method, alpha]), output])
 
 
-def plot_gallery(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], rows: Sequence[tuple[int, str]], *,
-                 masks: np.ndarray | None = None, width: float = TWO_COLUMN) -> plt.Figure:
+def plot_gallery(
+    images: np.ndarray,
+    heatmap_sets: Mapping[str, HeatmapSet],
+    rows: Sequence[tuple[int, str]],
+    *,
+    masks: np.ndarray | None = None,
+    width: float = TWO_COLUMN,
+) -> plt.Figure:
     """Grid: one row per (image, pathology), the radiograph then one column per method."""
     columns = 1 + len(heatmap_sets)
     with paper_style():
-        fig, axes = plt.subplots(len(rows), columns, figsize=(width, width / columns * len(rows) * 1.15),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(rows), columns, figsize=(width, width / columns * len(rows) * 1.15), squeeze=False)
         for r, (i, pathology) in enumerate(rows):
             k = labels.PATHOLOGIES.index(pathology)
             mask = None if masks is None else masks[i, k]
@@ -138,9 +174,15 @@ def plot_gallery(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], row
             axes[r, 0].set_title(pathology, fontsize=6)
             axes[r, 0].axis("off")
             for c, (name, maps) in enumerate(heatmap_sets.items(), start=1):
-                signed = is_signed(maps)
-                render_overlay(axes[r, c], images[i], maps.map(i, pathology), signed=signed, mask=mask,
-                               title=short_name(name) if r == 0 else "")
+                signed = maps.signed
+                render_overlay(
+                    axes[r, c],
+                    images[i],
+                    maps.map(i, pathology),
+                    signed=signed,
+                    mask=mask,
+                    title=short_name(name) if r == 0 else "",
+                )
         fig.tight_layout(pad=0.3)
     return fig
 
@@ -157,11 +199,18 @@ def pick_examples(codes: np.ndarray, probs: np.ndarray, pathologies: Sequence[st
     return picks
 
 
-def render_comparison(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], methods: Sequence[str],
-                      image: int, pathology: str, *, scores=None,
-                      masks: np.ndarray | None = None, codes: np.ndarray | None = None,
-                      shown_metrics: Sequence[str] = ("hit", "iou", "mass_accuracy", "gini", "resolution_px"),
-                      ) -> plt.Figure:
+def render_comparison(
+    images: np.ndarray,
+    heatmap_sets: Mapping[str, HeatmapSet],
+    methods: Sequence[str],
+    image: int,
+    pathology: str,
+    *,
+    scores=None,
+    masks: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+    shown_metrics: Sequence[str] = ("hit", "iou", "mass_accuracy", "gini", "resolution_px"),
+) -> plt.Figure:
     """The radiograph with its ground truth, then one overlay per method with that map's metric values.
 
     ``scores`` is the tidy DataFrame of :func:`helpers.metrics.score` (values shown under each panel).
@@ -179,10 +228,23 @@ def render_comparison(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet]
         for ax, method in zip(axes[1:], methods):
             maps = heatmap_sets[method]
             j = maps.pathologies.index(pathology)
-            render_overlay(ax, images[image], maps.maps[image, j], signed=is_signed(maps), mask=mask,
-                           title=f"{short_name(method)}\np = {maps.probs[image, j]:.3f}")
-            ax.text(0.5, -0.04, _metric_text(scores, maps, image, pathology, shown_metrics), transform=ax.transAxes,
-                    ha="center", va="top", fontsize=6)
+            render_overlay(
+                ax,
+                images[image],
+                maps.maps[image, j],
+                signed=maps.signed,
+                mask=mask,
+                title=f"{short_name(method)}\np = {maps.probs[image, j]:.3f}",
+            )
+            ax.text(
+                0.5,
+                -0.04,
+                _metric_text(scores, maps, image, pathology, shown_metrics),
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=6,
+            )
         fig.tight_layout()
     return fig
 
@@ -190,30 +252,44 @@ def render_comparison(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet]
 def _metric_text(scores, maps: HeatmapSet, image: int, pathology: str, shown: Sequence[str]) -> str:
     if scores is None:
         return ""
-    own = scores[(scores["method"] == maps.method) & (scores["image"] == maps.image_ids[image])
-                 & (scores["pathology"] == pathology) & scores["metric"].isin(shown)]
+    own = scores[
+        (scores["method"] == maps.method)
+        & (scores["image"] == maps.image_ids[image])
+        & (scores["pathology"] == pathology)
+        & scores["metric"].isin(shown)
+    ]
     values = dict(zip(own["metric"], own["value"]))
-    return "\n".join(f"{METRIC_LABELS.get(name, name)} {values[name]:.2f}" for name in shown if name in values) \
+    return (
+        "\n".join(f"{METRIC_LABELS.get(name, name)} {values[name]:.2f}" for name in shown if name in values)
         or "no ground truth"
+    )
 
 
-def comparison_viewer(images: np.ndarray, heatmap_sets: Mapping[str, HeatmapSet], *, scores=None,
-                      masks: np.ndarray | None = None, codes: np.ndarray | None = None):
+def comparison_viewer(
+    images: np.ndarray,
+    heatmap_sets: Mapping[str, HeatmapSet],
+    *,
+    scores=None,
+    masks: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+):
     """Two method pickers sharing one pathology slider and one image slider, around :func:`render_comparison`."""
     import ipywidgets as widgets
     from IPython.display import display
 
     names = list(heatmap_sets)
     first = heatmap_sets[names[0]]
-    pathology = widgets.SelectionSlider(options=first.pathologies, description="pathology",
-                                        continuous_update=False, layout={"width": "520px"})
+    pathology = widgets.SelectionSlider(
+        options=first.pathologies, description="pathology", continuous_update=False, layout={"width": "520px"}
+    )
     image = widgets.IntSlider(0, 0, len(first.image_ids) - 1, description="image", continuous_update=False)
     left = widgets.Dropdown(options=names, value=names[0], description="left")
     right = widgets.Dropdown(options=names, value=names[-1], description="right")
 
     def draw(pathology, image, left, right):
-        fig = render_comparison(images, heatmap_sets, [left, right], image, pathology, scores=scores, masks=masks,
-                                codes=codes)
+        fig = render_comparison(
+            images, heatmap_sets, [left, right], image, pathology, scores=scores, masks=masks, codes=codes
+        )
         display(fig)
         plt.close(fig)
 

@@ -7,6 +7,7 @@ co-occurrence (how :mod:`helpers.phantom` samples correlated labels), and view /
 
 Run: ``python scripts/derive_label_stats.py [path/to/train.csv]``.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from helpers import labels, paths
-from helpers.data import chexpert_csv_from_torchxrayvision, read_chexpert_csv, patient_ids
+from helpers.data import chexpert_csv_from_torchxrayvision, patient_ids, read_chexpert_csv
 
 STATS_JSON = paths.CHEXPERT_STATS_JSON
 
@@ -56,9 +57,11 @@ def latent_correlation(prevalence: np.ndarray, joint: np.ndarray) -> np.ndarray:
     rho = np.eye(n)
     for i in range(n):
         for j in range(i + 1, n):
+
             def gap(r, i=i, j=j):
                 cov = [[1.0, r], [r, 1.0]]
                 return stats.multivariate_normal(cov=cov).cdf([thresholds[i], thresholds[j]]) - joint[i, j]
+
             rho[i, j] = rho[j, i] = optimize.brentq(gap, -0.95, 0.95, xtol=1e-5)
     values, vectors = np.linalg.eigh(rho)
     rho = vectors @ np.diag(np.clip(values, 1e-3, None)) @ vectors.T

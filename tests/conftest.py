@@ -1,9 +1,11 @@
-"""Shared fixtures: the real CheXpert CSV (from torchxrayvision) and a small phantom."""
+"""Shared fixtures: the real CheXpert CSV (from torchxrayvision), a small phantom, a compact model and inputs."""
+
 from __future__ import annotations
 
 import pytest
+import torch
 
-from helpers import data, phantom
+from helpers import data, models, phantom
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +23,21 @@ def small_phantom(tmp_path_factory):
     """A 60 + 20 image phantom at 64 px (session-wide: it is read, never modified)."""
     root = tmp_path_factory.mktemp("phantom") / "CheXpert-v1.0-small"
     return phantom.generate(root, 60, 64, seed=3, n_valid=20, min_prevalence=0.1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A compact DenseNet with non-trivial BatchNorm statistics, as after training (eval mode)."""
+    torch.manual_seed(0)
+    net = models.build_model("densenet_compact")
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Three random normalised 64-px inputs."""
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -1,26 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam import GradCAM, HiResCAM
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from helpers import cam, heatmaps, labels, models
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    net = models.build_model("densenet_compact")
-    for module in net.modules():  # non-trivial BatchNorm statistics, as after training
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.3, 0.3)
-            module.running_var.uniform_(0.5, 1.5)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 def _hooks(net):
@@ -38,9 +22,9 @@ def test_fast_path_equals_the_library_for_every_pathology(model, images, method,
 
 def test_library_route_gives_every_row_its_target(model, images):
     """The generic route (one row per image x pathology) reproduces the fast path: no row left blank."""
-    layer = cam.target_layer(model)
-    fast, _ = cam.fast_cam(model, layer, images, range(14))
-    generic, _ = cam.library_cam(model, layer, images, range(14), "gradcam")
+    layer = model.target_layer
+    fast = cam.fast_cam(model, layer, images, range(14)).numpy()
+    generic = cam.library_cam(model, layer, images, range(14), "gradcam").detach().numpy()
     assert np.allclose(fast, generic, atol=1e-5 * fast.max())
     assert (generic.reshape(len(images) * 14, -1).max(axis=1) > 0).mean() > 0.5
 
@@ -79,7 +63,7 @@ def test_hooks_released_after_calls_and_errors(model, images, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cam.GradCAMPlusPlus, "get_cam_image", broken)
+    monkeypatch.setattr(GradCAMPlusPlus, "get_cam_image", broken)
     with pytest.raises(RuntimeError, match="boom"):
         cam.explain_cam(model, images[:1], method="gradcam++")
     assert _hooks(model) == 0
@@ -98,4 +82,5 @@ def test_resnet50_target_layer(images):
     torch.manual_seed(0)
     net = models.build_model("resnet50").eval()
     result = cam.explain_cam(net, images[:1], ["Edema"])
-    assert result.params["target_layer"] == "layer4" and result.maps.shape == (1, 1, 64, 64)
+    assert result.params["layer"] == "head" and cam.cam_layer(net, "head") is net.layer4
+    assert result.maps.shape == (1, 1, 64, 64)

@@ -23,6 +23,7 @@ def phantom_copy(small_phantom, tmp_path):
 
 # ------------------------------------------------------------------ CSV validation
 
+
 def test_missing_csv_names_the_file(tmp_path):
     with pytest.raises(data.DatasetError, match="train.csv"):
         data.read_chexpert_csv(tmp_path / "train.csv")
@@ -63,11 +64,14 @@ def test_unparseable_csv(tmp_path):
 CODES = np.array([[1.0, 0.0, -1.0, np.nan] + [np.nan] * 10])
 
 
-@pytest.mark.parametrize("policy, target, mask", [
-    ("u-ignore", [1, 0, 0, 0], [1, 1, 0, 1]),
-    ("u-zeros", [1, 0, 0, 0], [1, 1, 1, 1]),
-    ("u-ones", [1, 0, 1, 0], [1, 1, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "policy, target, mask",
+    [
+        ("u-ignore", [1, 0, 0, 0], [1, 1, 0, 1]),
+        ("u-zeros", [1, 0, 0, 0], [1, 1, 1, 1]),
+        ("u-ones", [1, 0, 1, 0], [1, 1, 1, 1]),
+    ],
+)
 def test_policy(policy, target, mask):
     targets, loss_mask = data.apply_policy(CODES, policy)
     assert targets[0, :4].tolist() == target and loss_mask[0, :4].tolist() == mask
@@ -95,6 +99,7 @@ def test_bad_policy_and_bad_codes():
 
 
 # ------------------------------------------------------------------ images
+
 
 @pytest.mark.parametrize("mode, dtype, top", [("L", np.uint8, 255), ("RGB", np.uint8, 255), ("I;16", np.uint16, 65535)])
 def test_grayscale_rgb_and_16_bit(tmp_path, mode, dtype, top):
@@ -138,7 +143,9 @@ def test_cache_raises_or_skips_with_an_audit(phantom_copy, tmp_path):
     assert "missing" in skipped["problem"].iat[0] and "Corrupt" in skipped["problem"].iat[1]
     audit = data.audit_images(frame, phantom_copy)
     assert audit["Path"].tolist() == skipped["Path"].tolist()
-    again, kept_again, skipped_again = data.build_image_cache(frame, phantom_copy, 32, tmp_path / "c.npy", on_bad="skip")
+    again, kept_again, skipped_again = data.build_image_cache(
+        frame, phantom_copy, 32, tmp_path / "c.npy", on_bad="skip"
+    )
     assert np.array_equal(images, again) and kept["Path"].tolist() == kept_again["Path"].tolist()
 
 
@@ -150,6 +157,7 @@ def test_cache_is_rebuilt_when_rows_change(small_phantom, tmp_path):
 
 
 # ------------------------------------------------------------------ masks
+
 
 def test_masks_round_trip_and_align(small_phantom):
     masks = data.load_masks(small_phantom / "gt_segmentations.json")
@@ -177,6 +185,7 @@ def test_unreadable_masks_json(tmp_path):
 
 
 # ------------------------------------------------------------------ prepared splits and torch
+
 
 def test_prepare_splits_by_patient_and_reloads(small_phantom, tmp_path):
     prepared = data.prepare(small_phantom, tmp_path / "cache", 32, val_fraction=0.2, seed=0)
@@ -224,3 +233,64 @@ def test_cache_is_rebuilt_when_files_change(phantom_copy, tmp_path):
     second, _, _ = data.build_image_cache(frame, phantom_copy, 32, tmp_path / "c.npy")
     assert first[0].max() > 0 and second[0].max() == 0
     assert np.array_equal(first[1:], second[1:])
+
+
+def test_to_model_input_stays_on_the_input_device():
+    # meta tensors raise when an op mixes them with a CPU tensor: a CPU-made constant would fail here
+    images = torch.empty((2, 8, 8), dtype=torch.uint8, device="meta")
+    inputs = data.to_model_input(images, (0.5,) * 3, (0.25,) * 3)
+    assert inputs.device.type == "meta"
+    assert inputs.shape == (2, 3, 8, 8) and inputs.dtype == torch.float32
+
+
+# ------------------------------------------------------------------ choosing rows to explain
+
+
+def _prepared_from_rows(findings_per_patient, tmp_path):
+    """A PreparedData whose test split has, per patient, images with the given label row each.
+
+    ``findings_per_patient`` maps a patient number to a list of ``{pathology: code}`` (one per image).
+    """
+    rows = []
+    for patient, images in findings_per_patient.items():
+        for study, codes in enumerate(images, start=1):
+            row = {
+                "Path": f"CheXpert-v1.0-small/valid/patient{patient:05d}/study{study}/view1_frontal.jpg",
+                "split": "test",
+                **{name: np.nan for name in labels.PATHOLOGIES},
+            }
+            rows.append({**row, **codes})
+    index = pd.DataFrame(rows)
+    index["image_id"] = data.image_ids(index)
+    return data.PreparedData(index, {}, pd.DataFrame(columns=["Path", "problem", "split"]), tmp_path)
+
+
+EDEMA, UNCERTAIN, NO_FINDING = {"Edema": 1.0}, {"Edema": -1.0}, {"No Finding": 1.0}
+
+
+def test_sample_rows_spreads_over_patients(tmp_path):
+    # patient 1 holds the first five positive rows: taking the first rows would show one patient only
+    prepared = _prepared_from_rows(
+        {1: [EDEMA] * 5, 2: [EDEMA], 3: [NO_FINDING, EDEMA, EDEMA], 4: [UNCERTAIN]}, tmp_path
+    )
+    patients = data.patient_ids(prepared.split("test"))
+    assert patients.iloc[prepared.rows_with_findings("test", 3)].nunique() == 1
+    three = prepared.sample_rows("test", 3, seed=0)
+    assert patients.iloc[three].nunique() == 3 and three == sorted(three)
+    five = prepared.sample_rows("test", 5, seed=0)
+    assert patients.iloc[five].value_counts().sort_index().tolist() == [2, 1, 2]  # one each, then seconds
+
+
+def test_sample_rows_is_deterministic_and_keeps_only_positive_localisable_findings(tmp_path):
+    per_patient = {p: [EDEMA, NO_FINDING, UNCERTAIN, {"Cardiomegaly": 1.0}][: 1 + p % 4] for p in range(1, 13)}
+    prepared = _prepared_from_rows(per_patient, tmp_path)
+    rows = prepared.split("test")
+    positive = (rows[list(labels.LOCALISABLE)] == 1).any(axis=1)
+    samples = {seed: prepared.sample_rows("test", 4, seed=seed) for seed in range(6)}
+    assert all(prepared.sample_rows("test", 4, seed=seed) == chosen for seed, chosen in samples.items())
+    assert len({tuple(chosen) for chosen in samples.values()}) > 1, "the seed picks the patients"
+    for chosen in samples.values():
+        assert len(chosen) == 4 and positive.iloc[chosen].all()
+        assert data.patient_ids(rows).iloc[chosen].nunique() == 4
+    everything = prepared.sample_rows("test", 1000, seed=1)
+    assert everything == np.flatnonzero(positive).tolist() == prepared.rows_with_findings("test", 1000)

@@ -12,8 +12,9 @@ from helpers import heatmaps, labels, widgets  # noqa: E402
 def _set(method="gradcam", signed=False, n=2, size=16):
     rng = np.random.default_rng(0)
     maps = rng.normal(size=(n, 14, size, size)) if signed else rng.random((n, 14, size, size))
-    return heatmaps.HeatmapSet(maps, [f"img{i}" for i in range(n)], labels.PATHOLOGIES, method,
-                               {"k": 1}, rng.random((n, 14)))
+    return heatmaps.HeatmapSet(
+        maps, [f"img{i}" for i in range(n)], labels.PATHOLOGIES, method, {"k": 1}, rng.random((n, 14)), signed=signed
+    )
 
 
 def test_save_load_round_trip(tmp_path):
@@ -91,12 +92,25 @@ def test_comparison_render_shows_each_panels_scores_for_every_pathology():
     images = np.zeros((2, 16, 16), np.uint8)
     masks = np.zeros((2, 14, 16, 16), bool)
     masks[0, 5, 2:6, 2:6] = True
-    scores = pd.DataFrame([("img0", "Edema", "gradcam", "hit", 1.0), ("img0", "Edema", "lrp_epsilon_plus_flat", "hit", 0.0),
-                           ("img0", "Edema", "lrp_epsilon_plus_flat", "iou", 0.25)],
-                          columns=["image", "pathology", "method", "metric", "value"])
+    scores = pd.DataFrame(
+        [
+            ("img0", "Edema", "gradcam", "hit", 1.0),
+            ("img0", "Edema", "lrp_epsilon_plus_flat", "hit", 0.0),
+            ("img0", "Edema", "lrp_epsilon_plus_flat", "iou", 0.25),
+        ],
+        columns=["image", "pathology", "method", "metric", "value"],
+    )
     for name in labels.PATHOLOGIES:
-        fig = widgets.render_comparison(images, sets, ["gradcam", "lrp_epsilon_plus_flat"], 0, name, scores=scores,
-                                        masks=masks, codes=np.zeros((2, 14)))
+        fig = widgets.render_comparison(
+            images,
+            sets,
+            ["gradcam", "lrp_epsilon_plus_flat"],
+            0,
+            name,
+            scores=scores,
+            masks=masks,
+            codes=np.zeros((2, 14)),
+        )
         assert len(fig.axes) == 3 and name in fig.axes[0].get_title()
         texts = [t.get_text() for ax in fig.axes[1:] for t in ax.texts]
         if name == "Edema":

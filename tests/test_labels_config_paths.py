@@ -34,13 +34,12 @@ def test_unknown_profile_or_field_is_a_clear_error():
         config.load_profile("smoke", imagesize=3)
 
 
-def test_paper_profile_needs_chexpert_root(monkeypatch, tmp_path):
-    profile = config.load_profile("paper")
-    monkeypatch.delenv(config.CHEXPERT_ROOT_ENV, raising=False)
-    with pytest.raises(FileNotFoundError, match="CHEXPERT_ROOT"):
-        profile.data_root
+def test_paper_profile_reads_chexpert_root(monkeypatch, tmp_path):
+    from helpers.run import Run
+
+    monkeypatch.setenv("CHEXPLAIN_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv(config.CHEXPERT_ROOT_ENV, str(tmp_path))
-    assert profile.data_root == tmp_path.resolve()
+    assert Run("paper", device="cpu").data_root == tmp_path.resolve()
 
 
 def test_paths_come_from_the_package_and_runs_dir_is_per_profile(monkeypatch, tmp_path):
@@ -48,11 +47,66 @@ def test_paths_come_from_the_package_and_runs_dir_is_per_profile(monkeypatch, tm
     assert (paths.NOTEBOOKS_DIR / "01_prepare_data.ipynb").is_file()
     monkeypatch.setenv("CHEXPLAIN_RUNS_DIR", str(tmp_path))
     assert paths.run_dir("smoke") == tmp_path / "smoke"
-    assert paths.figures_dir("smoke") == tmp_path / "smoke" / "figures"
-    assert paths.figures_dir("default") == paths.FIGURES_DIR
+    assert paths.FIGURES_DIR == paths.PROJECT_ROOT / "figures"
 
 
-def test_profile_settings_are_plain_data():
-    for profile in config.PROFILES.values():
-        assert profile.to_dict()["name"] == profile.name
-    assert config.PROFILES["smoke"].image_size < config.PROFILES["default"].image_size
+def test_profiles_keep_their_settings():
+    smoke, default, paper = (config.PROFILES[name] for name in ("smoke", "default", "paper"))
+    assert (smoke.image_size, smoke.n_train, smoke.n_valid, smoke.n_explain, smoke.n_boot) == (64, 240, 80, 4, 50)
+    assert smoke.train == config.TrainSettings(max_epochs=1, batch_size=16, learning_rate=1e-3)
+    assert (default.image_size, default.n_train, default.n_explain, default.min_prevalence) == (128, 3000, 48, 0.1)
+    assert default.train == config.TrainSettings(learning_rate=1e-3, batch_size=32, max_epochs=16, patience=4)
+    assert (paper.data_source, paper.image_size, paper.n_explain) == ("chexpert", 224, 32)
+    assert paper.train == config.TrainSettings(
+        arch="densenet121",
+        weights="imagenet",
+        policy="u-zeros",
+        batch_size=16,
+        learning_rate=1e-4,
+        max_epochs=5,
+        patience=3,
+        lr_patience=1,
+        lr_factor=0.1,
+        num_workers=4,
+    )
+    assert config.TrainSettings() == config.TrainSettings(
+        arch="densenet_compact",
+        weights=None,
+        policy="u-ignore",
+        batch_size=16,
+        learning_rate=1e-4,
+        max_epochs=10,
+        patience=3,
+        lr_patience=1,
+        lr_factor=0.1,
+        num_workers=0,
+    )
+    assert paper.to_dict()["train"]["arch"] == "densenet121"  # plain nested data
+
+
+def test_flat_overrides_reach_the_training_settings():
+    profile = config.load_profile("smoke", max_epochs=2, learning_rate=0.5, image_size=32, seed=7)
+    assert (profile.train.max_epochs, profile.train.learning_rate) == (2, 0.5)
+    assert (profile.image_size, profile.seed) == (32, 7)
+    assert profile.train.batch_size == 16 and config.PROFILES["smoke"].train.max_epochs == 1  # nothing else moved
+    nested = config.load_profile("smoke", train=config.TrainSettings(arch="resnet50"))
+    assert nested.train.arch == "resnet50"
+    with pytest.raises(ValueError, match="max_epoch.*max_epochs"):
+        config.load_profile("smoke", max_epoch=2)
+
+
+def test_resume_fields_hold_what_changes_the_weights():
+    smoke = config.load_profile("smoke")
+    fields = config.resume_fields(smoke)
+    assert fields["labels"] == list(labels.PATHOLOGIES) and fields["mean"] == list(smoke.mean)
+    assert config.resume_fields(config.load_profile("smoke", max_epochs=9, num_workers=3)) == fields
+    for change in (
+        {"learning_rate": 0.5},
+        {"seed": 1},
+        {"image_size": 32},
+        {"policy": "u-ones"},
+        {"arch": "resnet50"},
+        {"std": (1.0, 1.0, 1.0)},
+        {"lr_factor": 0.5},
+    ):
+        assert config.resume_fields(config.load_profile("smoke", **change)) != fields, change

@@ -10,7 +10,7 @@ import torchvision  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.composites import EpsilonPlusFlat  # noqa: E402
 
-from helpers import heatmaps, labels, lrp, models, widgets  # noqa: E402
+from helpers import explainers, labels, lrp, models, widgets  # noqa: E402
 
 
 def _randomise_batchnorm(net: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
@@ -34,8 +34,10 @@ def _assert_restored(net, snapshot):
     state = net.state_dict()
     assert list(state) == list(snapshot)
     assert all(torch.equal(state[key], snapshot[key]) for key in snapshot)
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                + len(m._backward_pre_hooks) for m in net.modules())
+    hooks = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
+        for m in net.modules()
+    )
     assert hooks == 0
     assert not any("forward" in m.__dict__ for m in net.modules())
 
@@ -109,7 +111,7 @@ def test_relevance_is_conserved_with_explicit_head_and_bias_free_layers(compact6
 def test_all_pathologies_at_once_equal_separate_zennit_calls(compact64, images64, composite):
     classes = list(range(14))
     zennit_composite = lrp.make_composite(composite, lrp.canonizers_for(compact64, "full"))
-    with lrp._eval_mode(compact64):
+    with explainers.frozen_eval(compact64):
         shared, _ = lrp.relevance_maps(compact64, zennit_composite, images64, classes)
     separate = lrp.explain_lrp_separately(compact64, images64, composite=composite)
     assert shared.dtype == torch.float64
@@ -120,19 +122,21 @@ def test_batch_equals_single_images(images64):
     torch.manual_seed(0)
     net = _randomise_batchnorm(models.build_model("densenet_compact"))
     batch = lrp.explain_lrp(net, images64.float(), batch_size=2)
-    singles = [lrp.explain_lrp(net, images64[i:i + 1].float()).maps for i in range(2)]
+    singles = [lrp.explain_lrp(net, images64[i : i + 1].float()).maps for i in range(2)]
     assert batch.maps.shape == (2, 14, 48, 48)
     assert np.abs(batch.maps - np.concatenate(singles)).max() <= 1e-4 * np.abs(batch.maps).max()
 
 
+@pytest.mark.slow
 def test_no_hooks_left_after_100_calls():
     torch.manual_seed(0)
     net = _randomise_batchnorm(models.build_model("densenet_compact"))
     snapshot = _snapshot(net)
     images = torch.randn(1, 3, 32, 32)
     for i in range(100):
-        lrp.explain_lrp(net, images, ["Edema"], composite=list(lrp.COMPOSITES)[i % len(lrp.COMPOSITES)],
-                        canonization=1 + i % 3)
+        lrp.explain_lrp(
+            net, images, ["Edema"], composite=list(lrp.COMPOSITES)[i % len(lrp.COMPOSITES)], canonization=1 + i % 3
+        )
     _assert_restored(net, snapshot)
     assert not net.training
 
@@ -200,11 +204,12 @@ def test_viewer_renders_lrp_maps_for_every_pathology(compact64, images64):
         plt.close(fig)
 
 
-def test_diverged_relevance_is_reported_not_hidden():
-    maps = np.zeros((1, 2, 4, 4), np.float32)
-    maps[0, 1, 0, 0] = np.inf
-    with pytest.warns(RuntimeWarning, match="diverged.*1 of 2 maps"):
-        lrp._warn_if_diverged(heatmaps.HeatmapSet(maps, ["a"], labels.PATHOLOGIES[:2], "lrp_z", {"canonization": 1}))
+def test_diverged_relevance_is_reported_not_hidden(compact64, images64):
+    broken = images64[:1].clone()
+    broken[0, 0, 0, 0] = float("inf")  # relevance through an infinite input is not finite
+    with pytest.warns(RuntimeWarning, match=r"lrp_z at canonization level 1: relevance diverged .* of 2 maps"):
+        result = lrp.explain_lrp(compact64, broken, ["Edema", "Fracture"], composite="z", canonization=1)
+    assert not np.isfinite(result.maps).all()
 
 
 def test_conservation_uses_the_explained_pathologies_logits(compact64, images64):

@@ -7,20 +7,21 @@ import quantus
 import torch
 from torch import nn
 
-from helpers import cam, heatmaps, labels, metrics, models
+from helpers import explainers, heatmaps, labels, metrics, models
+from helpers.explainers import occlusion
 
 SIZE = 32
 
 
 def _mask(top=8, left=8, size=8):
     mask = np.zeros((SIZE, SIZE), bool)
-    mask[top:top + size, left:left + size] = True
+    mask[top : top + size, left : left + size] = True
     return mask
 
 
 def _peak(row, col, width=2.0):
     rows, cols = np.indices((SIZE, SIZE))
-    return np.exp(-((rows - row) ** 2 + (cols - col) ** 2) / (2 * width ** 2))
+    return np.exp(-((rows - row) ** 2 + (cols - col) ** 2) / (2 * width**2))
 
 
 def test_map_peaked_inside_the_mask_scores_well_outside_badly():
@@ -65,23 +66,33 @@ def test_resolution_grows_with_blob_width_and_is_small_for_pixel_noise():
     assert metrics.resolution_px(noise) < 2.5
 
 
-@pytest.mark.parametrize("name, quantus_metric", [
-    ("hit", quantus.PointingGame), ("mass_accuracy", quantus.RelevanceMassAccuracy),
-    ("rank_accuracy", quantus.RelevanceRankAccuracy), ("gini", quantus.Sparseness), ("entropy", quantus.Complexity)])
+@pytest.mark.parametrize(
+    "name, quantus_metric",
+    [
+        ("hit", quantus.PointingGame),
+        ("mass_accuracy", quantus.RelevanceMassAccuracy),
+        ("rank_accuracy", quantus.RelevanceRankAccuracy),
+        ("gini", quantus.Sparseness),
+        ("entropy", quantus.Complexity),
+    ],
+)
 def test_equal_to_quantus_on_random_inputs(name, quantus_metric):
     rng = np.random.default_rng(4)
     maps = rng.random((12, 1, SIZE, SIZE)) ** 3
     masks = np.zeros((12, 1, SIZE, SIZE))
     for i in range(12):
         top, left, size = rng.integers(0, 20), rng.integers(0, 20), rng.integers(3, 12)
-        masks[i, 0, top:top + size, left:left + size] = 1
+        masks[i, 0, top : top + size, left : left + size] = 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = quantus_metric(abs=False, normalise=False, disable_warnings=True)(
-            model=None, x_batch=maps.copy(), y_batch=np.zeros(12, int), a_batch=maps.copy(), s_batch=masks.copy())
+            model=None, x_batch=maps.copy(), y_batch=np.zeros(12, int), a_batch=maps.copy(), s_batch=masks.copy()
+        )
     function = metrics.WITH_MASK.get(name) or metrics.SINGLE_MAP[name]
-    ours = [function(maps[i, 0], masks[i, 0].astype(bool)) if name in metrics.WITH_MASK else function(maps[i, 0])
-            for i in range(12)]
+    ours = [
+        function(maps[i, 0], masks[i, 0].astype(bool)) if name in metrics.WITH_MASK else function(maps[i, 0])
+        for i in range(12)
+    ]
     assert np.allclose(ours, np.asarray(reference, dtype=float), rtol=1e-6, atol=1e-9)
 
 
@@ -116,8 +127,9 @@ def test_class_correlation_is_one_when_maps_ignore_the_pathology():
 
 
 def test_multi_finding_rows_keep_images_with_two_positives():
-    scores = pd.DataFrame({"image": ["a", "b"], "pathology": ["Edema", "Edema"], "method": "m", "metric": "hit",
-                           "value": [1.0, 0.0]})
+    scores = pd.DataFrame(
+        {"image": ["a", "b"], "pathology": ["Edema", "Edema"], "method": "m", "metric": "hit", "value": [1.0, 0.0]}
+    )
     codes = np.zeros((2, 14))
     codes[0, [2, 5]] = 1
     codes[1, 5] = 1
@@ -135,8 +147,12 @@ def test_bootstrap_ci():
 
 
 def test_summarise_and_paired_differences():
-    rows = [(f"i{i}", p, m, "iou", v) for i in range(10) for p, base in (("Edema", 0.2), ("Fracture", 0.6))
-            for m, v in (("a", base + 0.1), ("b", base))]
+    rows = [
+        (f"i{i}", p, m, "iou", v)
+        for i in range(10)
+        for p, base in (("Edema", 0.2), ("Fracture", 0.6))
+        for m, v in (("a", base + 0.1), ("b", base))
+    ]
     scores = pd.DataFrame(rows, columns=metrics.COLUMNS)
     summary = metrics.summarise(scores, n_boot=100).set_index(["method", "pathology"])
     assert summary.loc[("a", "Edema"), "mean"] == pytest.approx(0.3)
@@ -172,14 +188,14 @@ def test_deletion_and_insertion_reward_the_map_on_the_region_that_matters():
 
 def test_occlusion_finds_the_region_that_matters():
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    result = metrics.occlusion_maps(RegionModel(), images, ["a", "b"])
+    result = explainers.create("occlusion").explain(RegionModel(), images, image_ids=["a", "b"])
     assert result.maps.shape == (2, 14, SIZE, SIZE)
     window, stride = result.params["window"], result.params["stride"]
     far = np.ones((SIZE, SIZE), bool)
-    far[:16 + window // 2 + stride, :16 + window // 2 + stride] = False  # windows centred here miss the region
+    far[: 16 + window // 2 + stride, : 16 + window // 2 + stride] = False  # windows centred here miss the region
     assert (result.maps[:, :, far] == 0).all() and (np.abs(result.maps[:, :, :16, :16]) > 0).all()
     grid = torch.arange(6.0).view(1, 1, 2, 3)
-    image = metrics._centre_grid_to_image(grid, 4, 2, (8, 12))
+    image = occlusion._centre_grid_to_image(grid, 4, 2, (8, 12))
     assert image[0, 0, 2, 2] == 0 and image[0, 0, 6, 10] == 5 and image[0, 0, 2, 4] == 0.5  # on the centres
     assert image[0, 0, 0, 0] == 0 and image[0, 0, 7, 11] == 5  # held beyond
 
@@ -190,13 +206,35 @@ def test_cascading_randomisation_leaves_the_model_alone_and_decorrelates_gradcam
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pairs = [(0, "Edema"), (1, "Cardiomegaly")]
-    rows = metrics.cascading_randomisation(model, images, lambda net: cam.explain_cam(net, images), pairs)
-    stages = [f"randomised_{name}" for name, _ in metrics.randomisation_stages(model)]
+    rows = metrics.cascading_randomisation(model, images, explainers.create("gradcam"), pairs)
+    stages = [f"randomised_{name}" for name, _ in model.randomisation_stages()]
     assert rows["metric"].unique().tolist() == stages and len(rows) == len(stages) * len(pairs)
     assert rows["value"].between(-1, 1).all()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    with pytest.raises(ValueError, match="DenseNet and ResNet"):
-        metrics.randomisation_stages(nn.Linear(2, 2))
+
+
+def test_cascading_randomisation_follows_the_stages_it_is_given():
+    class TwoConvs(nn.Module):  # 14 logits: the pooled output of two convolutions
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 1, 3, padding=1))
+
+        def forward(self, x):
+            return self.convs(x).mean(dim=(-2, -1)).expand(-1, len(labels.PATHOLOGIES))
+
+    class LastLayer(explainers.Explainer):  # the last convolution's output, the same for every pathology
+        def attribute(self, net, batch, classes):
+            return net.convs(batch).expand(-1, len(classes), -1, -1)
+
+    model, explain = TwoConvs().eval(), LastLayer("last_layer")
+    images = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    rows = metrics.cascading_randomisation(
+        model, images, explain, [(0, "Edema")], stages=[("top", ["convs.1"]), ("bottom", ["convs.0"])]
+    )
+    assert rows["metric"].tolist() == ["randomised_top", "randomised_bottom"]
+    assert (rows["value"] < 0.9).all()
+    with pytest.raises(ValueError, match=r"does not have: \['head'\]"):
+        metrics.cascading_randomisation(model, images, explain, [(0, "Edema")], stages=[("x", ["head"])])
 
 
 def test_a_diverged_map_scores_nan():
@@ -219,10 +257,27 @@ def test_distance_and_near_hit():
 
 def test_hit_rate_diagnosis_names_the_culprit():
     def summary(method_near, reference_near):
-        rows = [("m", "hit", 0.4), ("m", "near_hit", method_near), ("occlusion", "hit", 0.7),
-                ("occlusion", "near_hit", reference_near)]
-        return pd.DataFrame([{"method": a, "pathology": "all", "metric": b, "mean": v, "ci_low": v - 0.1,
-                              "ci_high": v + 0.1, "n": 40} for a, b, v in rows])
+        rows = [
+            ("m", "hit", 0.4),
+            ("m", "near_hit", method_near),
+            ("occlusion", "hit", 0.7),
+            ("occlusion", "near_hit", reference_near),
+        ]
+        return pd.DataFrame(
+            [
+                {
+                    "method": a,
+                    "pathology": "all",
+                    "metric": b,
+                    "mean": v,
+                    "ci_low": v - 0.1,
+                    "ci_high": v + 0.1,
+                    "n": 40,
+                }
+                for a, b, v in rows
+            ]
+        )
+
     assert "methods are at fault" in metrics.hit_rate_diagnosis(summary(0.5, 0.93), ["m"])
     assert "model or its data is at fault" in metrics.hit_rate_diagnosis(summary(0.5, 0.6), ["m"])
 
@@ -237,8 +292,9 @@ def test_rank_accuracy_shares_tied_places_evenly():
 
 
 def test_paired_differences_compare_the_same_maps_when_one_method_has_gaps():
-    rows = [(f"i{i}", p, m, "gini", v) for i in range(6) for p, v in (("Edema", 0.2), ("Fracture", 0.8))
-            for m in ("a", "b")]
+    rows = [
+        (f"i{i}", p, m, "gini", v) for i in range(6) for p, v in (("Edema", 0.2), ("Fracture", 0.8)) for m in ("a", "b")
+    ]
     rows = [r for r in rows if not (r[2] == "a" and r[1] == "Fracture")]  # a undefined on Fracture
     scores = pd.DataFrame(rows, columns=metrics.COLUMNS)
     pooled = metrics.paired_differences(scores, "a", "b", n_boot=50).set_index("pathology").loc["all"]

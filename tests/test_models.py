@@ -9,8 +9,11 @@ from helpers import labels, models
 def test_explicit_head_equals_torchvision_and_keeps_keys(arch):
     torch.manual_seed(0)
     model = models.build_model(arch).eval()
-    reference = (torchvision.models.densenet121(num_classes=14) if arch == "densenet121"
-                 else torchvision.models.DenseNet(num_classes=14, **models.COMPACT_DENSENET)).eval()
+    reference = (
+        torchvision.models.densenet121(num_classes=14)
+        if arch == "densenet121"
+        else torchvision.models.DenseNet(num_classes=14, **models.COMPACT_DENSENET)
+    ).eval()
     assert list(model.state_dict()) == list(reference.state_dict())
     reference.load_state_dict(model.state_dict())
     for module in reference.modules():  # non-trivial BatchNorm statistics
@@ -27,8 +30,13 @@ def test_explicit_head_equals_torchvision_and_keeps_keys(arch):
 
 def test_densenet121_is_exactly_densenet121():
     model = models.build_model("densenet121")
-    reference = torchvision.models.densenet121()
-    assert sum(p.numel() for p in model.features.parameters()) == sum(p.numel() for p in reference.features.parameters())
+    # Huang et al.'s DenseNet-121: growth 32, bottleneck 4 x 32, blocks of 6, 12, 24, 16 layers, 64 stem
+    # channels, compression 0.5. Counted by hand from those: 6,953,856 parameters in `features`.
+    blocks = [model.features.get_submodule(f"denseblock{i}") for i in range(1, 5)]
+    assert [len(block) for block in blocks] == [6, 12, 24, 16]
+    assert {layer.conv2.out_channels for block in blocks for layer in block.values()} == {32}
+    assert model.features.conv0.out_channels == 64
+    assert sum(p.numel() for p in model.features.parameters()) == 6_953_856
     assert model.classifier.out_features == 14 and model.classifier.in_features == 1024
 
 
@@ -85,3 +93,53 @@ def test_corrupt_and_missing_checkpoint(tmp_path):
         models.load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="02_train"):
         models.load_checkpoint(tmp_path / "absent.pt")
+
+
+ARCHS = ["densenet121", "densenet_compact", "resnet50"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_head_applied_to_the_target_layer_gives_the_logits(arch):
+    torch.manual_seed(0)
+    model = models.build_model(arch).eval()
+    assert isinstance(model, models.ExplicitHeadModel)
+    seen = {}
+    model.target_layer.register_forward_hook(lambda module, inputs, output: seen.update(output=output))
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 64, 64))
+        assert seen["output"].dim() == 4  # a spatial map, not already pooled
+        assert torch.allclose(model.head(seen["output"]), logits, atol=1e-6)
+    assert all(p1 is p2 for p1, p2 in zip(model.head.parameters(), list(model.parameters())[-2:]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_randomisation_stages_cover_every_parameter_once(arch):
+    model = models.build_model(arch)
+    stages = model.randomisation_stages()
+    names = [name for _, group in stages for name in group]
+    modules = dict(model.named_modules())
+    assert all(name in modules for name in names), [n for n in names if n not in modules]
+    for parameter in dict(model.named_parameters()):
+        owners = [name for name in names if parameter.startswith(name + ".")]
+        assert len(owners) == 1, (parameter, owners)
+    assert stages[0][0] == ("classifier" if arch.startswith("densenet") else "fc") and stages[-1][0] == "stem"
+
+
+def test_randomisation_stages_go_from_the_output_down():
+    dense = [stage for stage, _ in models.build_model("densenet_compact").randomisation_stages()]
+    assert dense == ["classifier", "denseblock4", "denseblock3", "denseblock2", "denseblock1", "stem"]
+    resnet = [stage for stage, _ in models.build_model("resnet50").randomisation_stages()]
+    assert resnet == ["fc", "layer4", "layer3", "layer2", "layer1", "stem"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cam_layers_are_at_1x_2x_4x_the_head_resolution(arch):
+    model = models.build_model(arch).eval()
+    layers = model.cam_layers()
+    assert list(layers) == ["head", "2x", "4x"] and layers["head"] is model.target_layer
+    sizes = {}
+    for key, layer in layers.items():
+        layer.register_forward_hook(lambda module, inputs, output, key=key: sizes.update({key: output.shape[-2:]}))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 128, 128))
+    assert sizes == {"head": (4, 4), "2x": (8, 8), "4x": (16, 16)}  # strides 32, 16, 8

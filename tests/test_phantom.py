@@ -71,6 +71,22 @@ def test_mask_covers_what_was_drawn(name):
     assert inside.min() >= 0.9, f"{name}: worst image has {inside.min():.3f} of the change inside its mask"
 
 
+def test_each_finding_owns_its_parameters_in_label_order():
+    """The registry follows LOCALISABLE; each finding's parameters are its own and end up in the scene."""
+    assert tuple(phantom.FINDINGS_BY_NAME) == labels.LOCALISABLE == phantom.FINDINGS
+    scene = phantom.sample_scene(5, np.random.default_rng(0))
+    owned = [
+        set(finding.sample(phantom.scene.SceneDraws(5, np.random.default_rng(0))))
+        for finding in phantom.FINDINGS_BY_NAME.values()
+    ]
+    for name, keys in zip(labels.LOCALISABLE, owned):
+        assert keys, f"{name} samples no parameters"
+        assert keys <= set(scene), name
+        assert all(len(scene[key]) == 5 for key in keys), name
+    assert sum(map(len, owned)) == len(set().union(*owned)), "two findings share a parameter name"
+    assert not set().union(*owned) & set(phantom.PATIENT_KEYS)
+
+
 def test_findings_are_subtle_and_anatomy_varies():
     rng = np.random.default_rng(0)
     scene = phantom.sample_scene(32, rng)
@@ -127,8 +143,8 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(phantom, "BATCH", 4)
-    monkeypatch.setattr(phantom, "render", failing_render)
+    monkeypatch.setattr(phantom.writer, "BATCH", 4)
+    monkeypatch.setattr(phantom.writer, "render", failing_render)
     with pytest.raises(KeyboardInterrupt):
         phantom.generate(tmp_path / "p", 12, 48)
     assert list(tmp_path.iterdir()) == []
@@ -143,7 +159,7 @@ def test_studies_of_a_patient_share_anatomy_and_batches_keep_patients_whole():
     rng = np.random.default_rng(0)
     patient, study = phantom.patients(200, rng)
     assert (study[patient == patient[0]] == np.arange(1, (patient == patient[0]).sum() + 1)).all()
-    for start, stop in phantom.patient_batches(patient):
+    for _start, stop in phantom.patient_batches(patient):
         assert stop == len(patient) or patient[stop] != patient[stop - 1]
     scene = phantom.study_scenes(patient, rng)
     same = patient == patient[0]

@@ -1,4 +1,5 @@
 """The loader on the real CheXpert train.csv shipped in torchxrayvision."""
+
 import csv
 import gzip
 import json

@@ -1,13 +1,14 @@
 import os
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from helpers import config, data, labels, models, train
+from helpers.run import Run
 
 
 def _tiny_sets(n=24, size=32, seed=0):
@@ -20,8 +21,9 @@ def _tiny_sets(n=24, size=32, seed=0):
 
 
 def _config(**overrides):
+    """The smoke profile with tiny-training settings (``_tiny_sets`` makes the data)."""
     settings = {"image_size": 32, "batch_size": 8, "max_epochs": 2, "patience": 5, "learning_rate": 1e-3}
-    return train.TrainConfig(**{**settings, **overrides})
+    return config.load_profile("smoke", **{**settings, **overrides})
 
 
 def _fresh_model(seed=0):
@@ -35,29 +37,6 @@ def test_masked_bce_ignores_masked_entries():
     weight = torch.tensor([[1.0, 1.0, 0.0]])
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, :2], target[:, :2])
     assert torch.isclose(train.masked_bce(logits, target, weight), expected)
-
-
-def test_evaluate_matches_scikit_learn_and_reports_missing():
-    rng = np.random.default_rng(0)
-    targets = (rng.random((200, 14)) < 0.3).astype(np.float32)
-    targets[:, 5] = 0  # a pathology with no positives
-    probs = np.clip(targets * 0.3 + rng.random((200, 14)) * 0.7, 0, 1)
-    table = train.evaluate(probs, targets, n_boot=200, seed=1)
-    auroc = table[table["metric"] == "AUROC"].set_index("pathology")
-    ap = table[table["metric"] == "AP"].set_index("pathology")
-    for j, name in enumerate(labels.PATHOLOGIES):
-        if j == 5:
-            assert np.isnan(auroc.loc[name, "value"]) and auroc.loc[name, "note"] == "missing: no positives"
-            continue
-        assert auroc.loc[name, "value"] == pytest.approx(roc_auc_score(targets[:, j], probs[:, j]))
-        assert ap.loc[name, "value"] == pytest.approx(average_precision_score(targets[:, j], probs[:, j]))
-        assert auroc.loc[name, "ci_low"] < auroc.loc[name, "value"] < auroc.loc[name, "ci_high"]
-    defined = [auroc.loc[n, "value"] for n in labels.PATHOLOGIES if n != labels.PATHOLOGIES[5]]
-    assert auroc.loc["macro (14)", "value"] == pytest.approx(np.mean(defined))
-    competition = [auroc.loc[n, "value"] for n in labels.COMPETITION]  # Edema (no positives) is NaN
-    assert auroc.loc["macro (competition)", "value"] == pytest.approx(np.nanmean(competition))
-    again = train.evaluate(probs, targets, n_boot=200, seed=1)
-    assert again.equals(table)
 
 
 def test_resume_gives_the_same_weights_and_metrics(tmp_path):
@@ -92,8 +71,43 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert models.read_checkpoint(tmp_path / train.LAST)["meta"]["epoch"] == 1
 
 
-def test_select_device_on_this_machine():
-    assert train.select_device().type in {"cuda", "mps", "cpu"}
+def test_select_device_honours_the_environment(monkeypatch):
+    monkeypatch.setenv(train.DEVICE_ENV, "cpu")
+    assert train.select_device() == torch.device("cpu")
+    monkeypatch.setenv(train.DEVICE_ENV, "tpu")
+    with pytest.raises(ValueError, match="CHEXPLAIN_DEVICE='tpu'.*cpu"):
+        train.select_device()
+    missing = next((d for d in ("cuda", "mps") if not train._DEVICE_AVAILABLE[d]()), None)
+    if missing:  # a device this machine lacks is an error, not a silent fall-back
+        monkeypatch.setenv(train.DEVICE_ENV, missing)
+        with pytest.raises(RuntimeError, match=f"no {missing} device"):
+            train.select_device()
+    monkeypatch.delenv(train.DEVICE_ENV)
+    expected = "cuda" if torch.cuda.is_available() else "mps" if train._DEVICE_AVAILABLE["mps"]() else "cpu"
+    assert train.select_device().type == expected
+
+
+def test_checkpoint_metadata_records_the_settings(tmp_path):
+    train_set, val_set = _tiny_sets()
+    profile = _config(max_epochs=1)
+    train.fit(_fresh_model(), train_set, val_set, profile, tmp_path, progress=False)
+    meta = models.read_checkpoint(tmp_path / train.BEST)["meta"]
+    assert {k: meta[k] for k in config.resume_fields(profile)} == config.resume_fields(profile)
+    assert meta["learning_rate"] == 1e-3 and meta["image_size"] == 32 and meta["labels"] == list(labels.PATHOLOGIES)
+    assert meta["profile"] == "smoke" and meta["max_epochs"] == 1 and meta["epoch"] == 1
+
+
+def test_load_trained_checks_the_profile_and_places_the_model(tmp_path, monkeypatch):
+    train_set, val_set = _tiny_sets()
+    profile = _config(max_epochs=1)
+    train.fit(_fresh_model(), train_set, val_set, profile, tmp_path, progress=False)
+    monkeypatch.setenv(train.DEVICE_ENV, "cpu")
+    model, meta = train.load_trained(profile, tmp_path)
+    assert not model.training and next(model.parameters()).device.type == "cpu" and meta["epoch"] == 1
+    with pytest.raises(models.CheckpointError, match="batch_size: checkpoint has 8, expected 4"):
+        train.load_trained(_config(batch_size=4), tmp_path)
+    with pytest.raises(FileNotFoundError, match="02_train"):
+        train.load_trained(profile, tmp_path / "elsewhere")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +117,7 @@ def smoke_runs(tmp_path_factory):
     previous = os.environ.get("CHEXPLAIN_RUNS_DIR")
     os.environ["CHEXPLAIN_RUNS_DIR"] = str(runs)
     try:
-        data.prepare_profile(config.load_profile("smoke"), progress=False)
+        Run("smoke").prepare(progress=False)
     finally:
         if previous is None:
             os.environ.pop("CHEXPLAIN_RUNS_DIR")
@@ -112,10 +126,25 @@ def smoke_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_gloo(smoke_runs):
     env = {**os.environ, "CHEXPLAIN_RUNS_DIR": str(smoke_runs), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-               "-m", "helpers.train", "--profile", "smoke", "--max-epochs", "1"]
+    with socket.socket() as probe:  # a port free now (a fixed one collides with parallel runs)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "-m",
+        "helpers.train",
+        "--profile",
+        "smoke",
+        "--max-epochs",
+        "1",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     model_dir = smoke_runs / "smoke" / "model"
@@ -124,12 +153,17 @@ def test_two_process_ddp_on_gloo(smoke_runs):
     assert meta["epoch"] == 1 and meta["profile"] == "smoke"
 
 
-def test_train_or_load_reuses_a_finished_run(smoke_runs, monkeypatch):
+@pytest.mark.slow
+def test_train_or_load_reuses_a_finished_run(smoke_runs, monkeypatch, tmp_path):
     monkeypatch.setenv("CHEXPLAIN_RUNS_DIR", str(smoke_runs))
     profile = config.load_profile("smoke", max_epochs=1)
-    prepared = data.load_profile_data(profile)
-    model, meta, history = train.train_or_load(profile, prepared, progress=False)
-    stamp = (profile.run_dir / "model" / train.BEST).stat().st_mtime_ns
-    again, _, _ = train.train_or_load(profile, prepared, progress=False)
-    assert (profile.run_dir / "model" / train.BEST).stat().st_mtime_ns == stamp
-    assert meta["arch"] == "densenet_compact" and len(history) == 1
+    prepared = Run(profile).data()
+    model, meta, history = train.train_or_load(profile, prepared, tmp_path, progress=False)
+    stamp = (tmp_path / train.BEST).stat().st_mtime_ns
+    again, _, _ = train.train_or_load(profile, prepared, tmp_path, progress=False)
+    assert (tmp_path / train.BEST).stat().st_mtime_ns == stamp
+    assert meta["arch"] == "densenet_compact" and len(history) == 1 and not again.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    longer = config.load_profile("smoke", max_epochs=2)  # not finished for 2 epochs: resumes at epoch 2
+    _, _, history = train.train_or_load(longer, prepared, tmp_path, progress=False)
+    assert history["epoch"].tolist() == [1, 2]

@@ -1,0 +1,65 @@
+"""Torch side of the data: network input normalisation and a Dataset over cached images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 grayscale ``(n, h, w)`` -> normalised float ``(n, 3, h, w)``.
+
+    The single channel is replicated to three (what ImageNet-shaped networks take) and normalised
+    per channel; every code path that feeds the network goes through here. The result lives on
+    ``images``' device.
+    """
+    scaled = images.to(torch.float32).div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
+    # made where the images live: a CPU constant would fail against CUDA/MPS (or meta) inputs
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (scaled - mean_t) / std_t
+
+
+@dataclass
+class ChestXrayDataset(torch.utils.data.Dataset):
+    """Cached radiographs with targets, loss mask and (optionally) ground-truth masks.
+
+    Items are dicts: ``image`` (3, h, w) normalised float32, ``target`` and ``loss_mask`` (14,)
+    float32, ``index`` (row in the split) and, when ``masks`` is given, ``masks`` (14, h, w) bool.
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    loss_mask: np.ndarray
+    mean: Sequence[float]
+    std: Sequence[float]
+    masks: np.ndarray | None = None
+
+    def __post_init__(self):
+        if not len(self.images) == len(self.targets) == len(self.loss_mask):
+            raise ValueError(
+                f"images ({len(self.images)}), targets ({len(self.targets)}) and loss_mask "
+                f"({len(self.loss_mask)}) must have the same length."
+            )
+        # every uint8 value's normalised 3-channel form, made by to_model_input itself: one lookup per
+        # item instead of five array passes, with identical numbers
+        levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256)
+        self._lookup = to_model_input(levels, self.mean, self.std)[0, :, 0, :].contiguous()  # (3, 256)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        pixels = torch.from_numpy(np.asarray(self.images[index], dtype=np.int64))
+        item = {
+            "image": self._lookup[:, pixels],
+            "target": torch.from_numpy(self.targets[index]),
+            "loss_mask": torch.from_numpy(self.loss_mask[index]),
+            "index": index,
+        }
+        if self.masks is not None:
+            item["masks"] = torch.from_numpy(self.masks[index])
+        return item

@@ -1,0 +1,185 @@
+"""A profile's data prepared once (validated, split by patient, decoded) and read back by later notebooks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from helpers import labels
+from helpers.data.cache import build_image_cache
+from helpers.data.chexpert import (
+    DatasetError,
+    frontal_only,
+    image_ids,
+    patient_ids,
+    read_chexpert_csv,
+    split_by_patient,
+)
+from helpers.data.datasets import ChestXrayDataset, to_model_input
+from helpers.data.masks import load_masks, mask_files, mask_stack
+from helpers.data.policy import apply_policy
+from helpers.io import atomic_path
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PreparedData:
+    """A run's data after notebook 01: rows per split, decoded images, what was skipped.
+
+    Attributes
+    ----------
+    index : DataFrame
+        Every kept row with ``split`` (train / val / test), ``image_id`` and the 14 label columns.
+    images : dict
+        ``{split: uint8 array (n, size, size)}`` in ``index`` order within the split.
+    skipped : DataFrame
+        Rows dropped by an audited skip (``Path``, ``problem``).
+    root : Path
+        The dataset folder.
+    """
+
+    index: pd.DataFrame
+    images: dict[str, np.ndarray]
+    skipped: pd.DataFrame
+    root: Path
+
+    def split(self, name: str) -> pd.DataFrame:
+        """Rows of one split, in the order of ``images[name]``."""
+        return self.index[self.index["split"] == name].reset_index(drop=True)
+
+    def summary(self) -> pd.DataFrame:
+        """Images and patients per split, and images dropped by an audited skip."""
+        table = (
+            self.index.assign(patient=patient_ids(self.index))
+            .groupby("split")
+            .agg(images=("Path", "size"), patients=("patient", "nunique"))
+        )
+        table = table.reindex(list(SPLITS)).fillna(0).astype(int)
+        skipped = self.skipped.groupby("split").size() if len(self.skipped) else pd.Series(dtype=int)
+        table["skipped"] = skipped.reindex(list(SPLITS)).fillna(0).astype(int).to_numpy()
+        return table
+
+    def rows_with_findings(self, name: str, n: int) -> list[int]:
+        """The first ``n`` rows of a split with at least one positive localisable finding (for explaining)."""
+        return np.flatnonzero(_has_localisable_finding(self.split(name)))[:n].tolist()
+
+    def sample_rows(self, name: str, n: int, seed: int = 0) -> list[int]:
+        """``n`` rows of a split with a positive localisable finding, spread across patients.
+
+        Patients are visited round-robin in an order shuffled with ``seed``: every patient gives one
+        image (its first in the split) before any patient gives a second, so a few patients with many
+        images cannot fill the sample.
+
+        Parameters
+        ----------
+        name : str
+            The split (one of :data:`SPLITS`).
+        n : int
+            How many rows; all qualifying rows when fewer exist.
+        seed : int
+            Seed of the patient order; the same seed gives the same rows.
+
+        Returns
+        -------
+        list of int
+            Row positions within the split, sorted.
+        """
+        rows = self.split(name)
+        candidates = np.flatnonzero(_has_localisable_finding(rows))
+        patients = patient_ids(rows).iloc[candidates].to_numpy()
+        unique = np.sort(np.unique(patients))
+        shuffled = dict(zip(unique, np.random.default_rng(seed).permutation(len(unique))))
+        patient_rank = np.array([shuffled[p] for p in patients], dtype=int)
+        turn = pd.Series(patients).groupby(patients).cumcount().to_numpy()  # 0 for a patient's first image
+        order = np.lexsort((patient_rank, turn))  # by turn, then by the shuffled patient order
+        return sorted(candidates[order[:n]].tolist())
+
+    def inputs(self, name: str, rows: Sequence[int], mean, std) -> torch.Tensor:
+        """Network inputs ``(len(rows), 3, H, W)`` for rows of a split, normalised as in training."""
+        return to_model_input(torch.from_numpy(np.asarray(self.images[name][list(rows)])), mean, std)
+
+    def dataset(self, name: str, policy, mean, std) -> ChestXrayDataset:
+        """A :class:`ChestXrayDataset` over one split with the given uncertainty policy."""
+        targets, loss_mask = apply_policy(self.split(name), policy)
+        return ChestXrayDataset(self.images[name], targets, loss_mask, mean, std)
+
+    def masks(self, name: str, size: int | None = None) -> np.ndarray:
+        """Ground-truth masks of one split, bool ``(n, 14, size, size)`` (empty where none)."""
+        ids = self.split(name)["image_id"].tolist()
+        merged: dict = {}
+        for file in mask_files(self.root):
+            merged.update(load_masks(file, ids))  # decode this split's masks only
+        return mask_stack(merged, ids, size or self.images[name].shape[-1])
+
+
+def _has_localisable_finding(rows: pd.DataFrame) -> np.ndarray:
+    """Bool per row: at least one localisable pathology is positive (uncertain does not count)."""
+    return (rows[list(labels.LOCALISABLE)] == 1).any(axis=1).to_numpy()
+
+
+def prepare(
+    root: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    size: int,
+    *,
+    val_fraction: float = 0.1,
+    frontal: bool = True,
+    seed: int = 0,
+    on_bad: str = "raise",
+) -> PreparedData:
+    """Validate a CheXpert-format folder, split it by patient and decode every image once.
+
+    ``train.csv`` is split by patient into train and val; ``valid.csv`` (radiologist-labelled in real
+    CheXpert) is the test split. Images are cached under ``cache_dir`` as ``<split>_<size>.npy``,
+    and the index as ``index.csv``; :func:`load_prepared` reads them back.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"Dataset folder not found: {root}. Set CHEXPERT_ROOT to the folder holding "
+            f"train.csv and valid.csv, or use the phantom (CHEXPLAIN_PROFILE=default)."
+        )
+    train = read_chexpert_csv(root / "train.csv")
+    test = read_chexpert_csv(root / "valid.csv")
+    if frontal:
+        train, test = frontal_only(train), frontal_only(test)
+    train = train.assign(split=split_by_patient(train, val_fraction, seed=seed).to_numpy())
+    frame = pd.concat([train, test.assign(split="test")], ignore_index=True)
+    frame["image_id"] = image_ids(frame)
+    images, kept, skipped = {}, [], []
+    for name in SPLITS:
+        rows = frame[frame["split"] == name]
+        images[name], kept_rows, skipped_rows = build_image_cache(
+            rows, root, size, Path(cache_dir) / f"{name}_{size}.npy", on_bad=on_bad
+        )
+        kept.append(kept_rows)
+        skipped.append(skipped_rows.assign(split=name))
+    index = pd.concat(kept, ignore_index=True)
+    with atomic_path(Path(cache_dir) / "index.csv") as tmp:
+        index.to_csv(tmp, index=False)
+    with atomic_path(Path(cache_dir) / "root.txt") as tmp:
+        tmp.write_text(str(root))
+    return PreparedData(index, images, pd.concat(skipped, ignore_index=True), root)
+
+
+def load_prepared(cache_dir: str | os.PathLike, size: int) -> PreparedData:
+    """Read what :func:`prepare` wrote; a clear error names notebook 01 when it is missing."""
+    cache_dir = Path(cache_dir)
+    index_file = cache_dir / "index.csv"
+    if not index_file.is_file():
+        raise FileNotFoundError(
+            f"No prepared data in {cache_dir}: run notebooks/01_prepare_data.ipynb first (same CHEXPLAIN_PROFILE)."
+        )
+    index = pd.read_csv(index_file)
+    images = {name: np.load(cache_dir / f"{name}_{size}.npy", mmap_mode="r") for name in SPLITS}
+    skipped = pd.concat(
+        [pd.read_csv(cache_dir / f"{name}_{size}.skipped.csv").assign(split=name) for name in SPLITS], ignore_index=True
+    )
+    return PreparedData(index, images, skipped, Path((cache_dir / "root.txt").read_text()))

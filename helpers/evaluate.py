@@ -1,0 +1,171 @@
+"""Evaluate a trained classifier: predictions, AUROC and average precision with bootstrap CIs, tables.
+
+Independent of how the model was fitted (:mod:`helpers.train`); every result is CPU numpy or pandas.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from helpers import labels
+from helpers.io import atomic_path
+from helpers.tensors import to_numpy
+
+__all__ = ["REFERENCE_AUROC", "evaluate", "per_class_auroc", "predict", "save_predictions", "summary_table"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset, batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
+    """Sigmoid probabilities ``(n, n_classes)`` for a dataset of items with an ``image`` key.
+
+    Batches go to ``device`` (default: where the model's parameters are); probabilities come back on the CPU.
+    """
+    device = device or next(model.parameters()).device
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    outputs = [to_numpy(torch.sigmoid(model(batch["image"].to(device))).float()) for batch in loader]
+    return np.concatenate(outputs) if outputs else np.zeros((0, len(labels.PATHOLOGIES)), np.float32)
+
+
+def save_predictions(path: str | os.PathLike, image_ids: Sequence[str], probs: np.ndarray) -> Path:
+    """Write probabilities as CSV (``image_id`` + one column per pathology), atomically."""
+    frame = pd.DataFrame(probs, columns=list(labels.PATHOLOGIES))
+    frame.insert(0, "image_id", list(image_ids))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def per_class_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """AUROC per class (NaN where a class lacks positives or negatives among unmasked rows)."""
+    mask = np.ones_like(targets) if mask is None else mask
+    scores = np.full(targets.shape[1], np.nan)
+    for j in range(targets.shape[1]):
+        keep = mask[:, j] > 0
+        y = targets[keep, j]
+        if 0 < y.sum() < len(y):
+            scores[j] = roc_auc_score(y, probs[keep, j])
+    return scores
+
+
+def evaluate(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray | None = None,
+    pathologies: Sequence[str] = labels.PATHOLOGIES,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per-pathology AUROC and average precision with bootstrap 95% CIs, plus macro means.
+
+    Returns a tidy DataFrame: ``pathology, metric, value, ci_low, ci_high, n_pos, n_neg, note``. The
+    bootstrap resamples images (the same resample for every pathology, so macro means get CIs too).
+    Macro rows: ``macro (14)`` over every pathology with both classes present and ``macro (competition)``
+    over the five CheXpert competition pathologies. A pathology without positives (or negatives) is
+    reported with a NaN value and a note, never an error.
+    """
+    mask = np.ones_like(targets) if mask is None else mask
+    point = _metric_matrix(probs, targets, mask)
+    rng = np.random.default_rng(seed)
+    boots = (
+        np.stack(
+            [
+                _metric_matrix(probs[i], targets[i], mask[i])
+                for i in (rng.integers(0, len(probs), len(probs)) for _ in range(n_boot))
+            ]
+        )
+        if n_boot
+        else None
+    )
+    rows = []
+    for m, metric in enumerate(("AUROC", "AP")):
+        for j, name in enumerate(pathologies):
+            keep = mask[:, j] > 0
+            n_pos, n_neg = int(targets[keep, j].sum()), int((1 - targets[keep, j]).sum())
+            note = "" if n_pos and n_neg else ("missing: no positives" if not n_pos else "missing: no negatives")
+            rows.append(_row(name, metric, point[m, j], None if boots is None else boots[:, m, j], n_pos, n_neg, note))
+        for macro, members in (("macro (14)", pathologies), ("macro (competition)", labels.COMPETITION)):
+            index = [list(pathologies).index(p) for p in members if p in pathologies]
+            value = np.nanmean(point[m, index]) if np.isfinite(point[m, index]).any() else np.nan
+            spread = None if boots is None else _nanmean_rows(boots[:, m, index])
+            rows.append(_row(macro, metric, value, spread, None, None, ""))
+    return pd.DataFrame(rows)
+
+
+def _metric_matrix(probs, targets, mask) -> np.ndarray:
+    auroc = per_class_auroc(probs, targets, mask)
+    ap = np.full_like(auroc, np.nan)
+    for j in np.flatnonzero(np.isfinite(auroc)):
+        keep = mask[:, j] > 0
+        ap[j] = average_precision_score(targets[keep, j], probs[keep, j])
+    return np.stack([auroc, ap])
+
+
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=1)
+    sums = np.where(finite, values, 0).sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _row(name, metric, value, boots, n_pos, n_neg, note) -> dict:
+    low = high = np.nan
+    if boots is not None and np.isfinite(value) and np.isfinite(boots).sum() >= 10:
+        low, high = np.nanpercentile(boots, [2.5, 97.5])
+    return {
+        "pathology": name,
+        "metric": metric,
+        "value": value,
+        "ci_low": low,
+        "ci_high": high,
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+        "note": note,
+    }
+
+
+#: Published numbers shown beside ours as context. They are on real CheXpert, not on the phantom.
+REFERENCE_AUROC = {
+    "Alam et al. 2022 (CBMS), weighted AUROC, real CheXpert": 0.76,
+    "Irvin et al. 2019, DenseNet-121, mean AUROC of the 5 competition tasks, real CheXpert": 0.91,
+}
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-pathology AUROC with CI (one row each), macro rows last, and the published references below."""
+    auroc = table[table["metric"] == "AUROC"].set_index("pathology")
+    ours = pd.DataFrame(
+        {
+            "AUROC": auroc["value"],
+            "95% CI": [_ci_text(r) for _, r in auroc.iterrows()],
+            "AP": table[table["metric"] == "AP"].set_index("pathology")["value"],
+            "positives": auroc["n_pos"],
+            "note": auroc["note"],
+            "data": "this run",
+        }
+    )
+    references = pd.DataFrame(
+        {
+            "AUROC": list(REFERENCE_AUROC.values()),
+            "95% CI": "",
+            "AP": np.nan,
+            "positives": None,
+            "note": "",
+            "data": "other data (published)",
+        },
+        index=list(REFERENCE_AUROC),
+    )
+    return pd.concat([ours, references])
+
+
+def _ci_text(row) -> str:
+    return "" if not np.isfinite(row["ci_low"]) else f"{row['ci_low']:.3f}-{row['ci_high']:.3f}"

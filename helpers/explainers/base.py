@@ -1,0 +1,137 @@
+"""The one type every explanation method is: :class:`Explainer`, and the registry that names them.
+
+An explainer owns what every method shares: eval mode with frozen parameters (restored afterwards),
+batching over images, device placement (inputs follow the model's device; every tensor a method makes
+takes device and dtype from its inputs), image ids, the model's probabilities, and the assembly of one
+:class:`~helpers.heatmaps.HeatmapSet` whose ``method`` is the explainer's registered name. A subclass
+writes only :meth:`Explainer.attribute`: maps for a batch that is already on the model's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from helpers import labels
+from helpers.config import IMAGENET_MEAN, IMAGENET_STD
+from helpers.heatmaps import HeatmapSet, stack_pathologies
+from helpers.tensors import to_numpy
+
+_REGISTRY: dict[str, Callable[..., Explainer]] = {}
+
+
+class Explainer:
+    """Base class: subclasses set :attr:`signed`, fill :attr:`params` and implement :meth:`attribute`.
+
+    Attributes
+    ----------
+    name : str
+        The registered name; also the ``HeatmapSet.method`` and the saved file's stem.
+    signed : bool
+        Whether maps carry signed relevance (LRP, Gradient x Input) rather than non-negative scores (CAM).
+    params : dict
+        Plain-JSON parameters, stored in every :class:`HeatmapSet` it makes.
+    batch_size : int
+        Images per call of :meth:`attribute`.
+    normalisation : tuple of (mean, std)
+        How the inputs were normalised (per channel), for methods that need pixel values (LRP's box bounds,
+        Integrated Gradients' black baseline); ImageNet's by default, a :class:`~helpers.run.Run` sets the model's.
+    """
+
+    signed: bool = False
+
+    def __init__(self, name: str, batch_size: int = 8, **params):
+        self.name = name
+        self.batch_size = batch_size
+        self.params = dict(params)
+        self.normalisation = (IMAGENET_MEAN, IMAGENET_STD)
+
+    def attribute(self, model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+        """Maps ``(n, len(classes), H, W)`` for ``images`` (on the model's device). Subclasses implement it."""
+        raise NotImplementedError
+
+    def explain(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        pathologies: Sequence[str] | None = None,
+        image_ids: Sequence[str] | None = None,
+    ) -> HeatmapSet:
+        """Explain every image for every pathology (default all 14).
+
+        Parameters
+        ----------
+        model : nn.Module
+            A classifier from :func:`helpers.models.build_model`; left in the mode it was in.
+        images : Tensor
+            Normalised inputs ``(n, 3, H, W)`` on any device; batches are moved to the model's device.
+        pathologies : list of str, optional
+            In :data:`helpers.labels.PATHOLOGIES` order (default all 14).
+        image_ids : list of str, optional
+            Stored in the result (default ``"0", "1", ...``).
+        """
+        names = stack_pathologies(pathologies)
+        classes = labels.pathology_indices(names)
+        device = model_device(model)
+        maps, probs = [], []
+        with frozen_eval(model):
+            for start in range(0, len(images), self.batch_size):
+                batch = images[start : start + self.batch_size].to(device)
+                maps.append(to_numpy(self.attribute(model, batch, classes).float()))
+                with torch.no_grad():
+                    probs.append(to_numpy(torch.sigmoid(model(batch)[:, classes].float())))
+        ids = [str(i) for i in range(len(images))] if image_ids is None else [str(i) for i in image_ids]
+        return HeatmapSet(
+            np.concatenate(maps), ids, names, self.name, dict(self.params), np.concatenate(probs), signed=self.signed
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.params})"
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+class frozen_eval:
+    """Context: the model in eval mode with parameter gradients off; both restored on exit, also on errors."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.training = self.model.training
+        self.requires_grad = [p.requires_grad for p in self.model.parameters()]
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc) -> bool:
+        self.model.train(self.training)
+        for p, flag in zip(self.model.parameters(), self.requires_grad):
+            p.requires_grad_(flag)
+        return False
+
+
+def register(name: str, factory: Callable[..., Explainer]) -> None:
+    """Make ``create(name, **overrides)`` build ``factory(name=name, **overrides)``."""
+    if name in _REGISTRY:
+        raise ValueError(f"An explainer named {name!r} is already registered.")
+    _REGISTRY[name] = factory
+
+
+def create(name: str, **overrides) -> Explainer:
+    """The explainer registered as ``name`` (see :func:`available`), with keyword overrides of its defaults."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown explainer {name!r}; registered are {available()}.")
+    return _REGISTRY[name](name=name, **overrides)
+
+
+def available() -> list[str]:
+    """Every registered explainer name, sorted."""
+    return sorted(_REGISTRY)

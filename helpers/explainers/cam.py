@@ -1,0 +1,179 @@
+"""Class activation maps through pytorch-grad-cam: the :class:`CAM` explainer, at any depth of the model.
+
+The default layer is the model's explicit head ReLU (the post-ReLU feature map just before pooling), not
+``features[-1]``: torchvision's functional in-place ReLU after ``norm5`` overwrites that layer's stored
+activation on CPU. Deeper layers (:meth:`helpers.models.ExplicitHeadModel.cam_layers`) give CAMs at 2x and
+4x the head's resolution, so that methods can be compared at matched native resolution. Logits are
+explained (``ClassifierOutputTarget``), always one target per batch row: pytorch-grad-cam silently returns
+blank maps for rows without one.
+
+Grad-CAM and HiResCAM have a fast path: one forward pass in which the layer's output becomes a leaf of the
+graph, then the gradients of all pathology logits with respect to it in one batched backward through the
+layers after it. Other methods go through pytorch-grad-cam with one batch row per image and pathology.
+Maps are returned raw (ReLU'd, bilinearly upsampled, not normalised); :func:`helpers.heatmaps.normalise`
+scales them at use.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from helpers.explainers.base import Explainer, register
+from helpers.heatmaps import HeatmapSet
+from helpers.models import ExplicitHeadModel
+
+METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "scorecam": ScoreCAM,
+}
+#: Methods with the one-forward-pass path (for an average-pooling head they are the same map).
+FAST_METHODS = ("gradcam", "hirescam")
+#: Opt-in only: ScoreCAM runs a forward pass per activation channel (about a thousand per image).
+SLOW_METHODS = ("scorecam",)
+#: The layer every CAM reads unless told otherwise (see ``ExplicitHeadModel.cam_layers``).
+HEAD = "head"
+
+
+class CAM(Explainer):
+    """Non-negative class activation maps of one pytorch-grad-cam method at one layer.
+
+    Parameters
+    ----------
+    method : str
+        One of :data:`METHODS`. ``"scorecam"`` needs ``allow_slow=True``.
+    layer : str
+        A key of the model's ``cam_layers()`` (default ``"head"``, the post-ReLU head feature map).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        method: str = "gradcam",
+        layer: str = HEAD,
+        batch_size: int = 8,
+        allow_slow: bool = False,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"Unknown CAM method {method!r}; choose from {sorted(METHODS)}.")
+        if method in SLOW_METHODS and not allow_slow:
+            raise ValueError(f"{method} runs about a thousand forward passes per image; pass allow_slow=True.")
+        default_name = method if layer == HEAD else f"{method}_{layer}"
+        super().__init__(
+            name or default_name,
+            batch_size,
+            method=method,
+            layer=layer,
+            fast_path=method in FAST_METHODS,
+            upsampling="bilinear",
+            explained="logit",
+        )
+
+    def attribute(self, model, images, classes):
+        layer = cam_layer(model, self.params["layer"])
+        if self.params["fast_path"]:
+            return fast_cam(model, layer, images, classes)
+        return library_cam(model, layer, images, classes, self.params["method"])
+
+
+for _method in METHODS:
+    register(_method, functools.partial(CAM, method=_method, allow_slow=_method in SLOW_METHODS))
+
+
+def cam_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The module called ``layer`` in the model's ``cam_layers()``; a clear error for other models or names."""
+    if not isinstance(model, ExplicitHeadModel):
+        raise ValueError(
+            f"{type(model).__name__} has no explicit head; build it with helpers.models.build_model "
+            f"so that CAMs read the post-ReLU feature map."
+        )
+    layers = model.cam_layers()
+    if layer not in layers:
+        raise ValueError(f"Unknown CAM layer {layer!r} for {type(model).__name__}; choose from {sorted(layers)}.")
+    return layers[layer]
+
+
+def explain_cam(
+    model: nn.Module,
+    images: torch.Tensor,
+    pathologies: Sequence[str] | None = None,
+    method: str = "gradcam",
+    image_ids: Sequence[str] | None = None,
+    batch_size: int = 8,
+    allow_slow: bool = False,
+    layer: str = HEAD,
+) -> HeatmapSet:
+    """CAMs of every image for every pathology: :class:`CAM` in one call (see its parameters)."""
+    explainer = CAM(method=method, layer=layer, batch_size=batch_size, allow_slow=allow_slow)
+    return explainer.explain(model, images, pathologies, image_ids)
+
+
+def fast_cam(model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Grad-CAM for all ``classes`` from one forward pass and one batched backward.
+
+    Written by hand because pytorch-grad-cam runs a full forward and backward per target class. A forward
+    hook (removed before returning, also on errors) replaces the layer's output by a detached leaf that
+    requires grad, so the graph covers only the layers after it; each class's gradient then comes from
+    ``torch.autograd.grad(..., is_grads_batched=True)``.
+    """
+    captured = {}
+
+    def make_leaf(module, inputs, output):
+        captured["a"] = output.detach().requires_grad_(True)
+        return captured["a"]
+
+    handle = layer.register_forward_hook(make_leaf)
+    try:
+        with torch.enable_grad():
+            class_logits = model(images)[:, list(classes)]  # (n, k)
+    finally:
+        handle.remove()
+    activation = captured["a"]
+    selector = torch.eye(len(classes), dtype=class_logits.dtype, device=class_logits.device)
+    selector = selector.unsqueeze(1).expand(-1, len(images), -1).contiguous()  # (k, n, k)
+    (grads,) = torch.autograd.grad(class_logits, activation, grad_outputs=selector, is_grads_batched=True)
+    weights = grads.mean(dim=(-2, -1), keepdim=True)  # (k, n, C, 1, 1)
+    cams = torch.relu((weights * activation.detach().unsqueeze(0)).sum(dim=2))  # (k, n, h, w)
+    return _upsample(cams.transpose(0, 1), images.shape[-2:])
+
+
+def library_cam(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: Sequence[int], method: str
+) -> torch.Tensor:
+    """Raw maps from pytorch-grad-cam's own weighting, one batch row per image x class.
+
+    The library's forward and backward run as usual; its ``get_cam_image`` gives the un-normalised map,
+    which is ReLU'd and upsampled here (the library would min-max normalise it, which must happen at use).
+    The library keeps activations and gradients as CPU numpy; the map comes back to the input's device.
+    """
+    n, k = len(images), len(classes)
+    rows = images.repeat_interleave(k, dim=0).requires_grad_(True)  # parameters are frozen: grads flow from here
+    targets = [ClassifierOutputTarget(c) for _ in range(n) for c in classes]  # one target per row, always
+    cam = METHODS[method](model=model, target_layers=[layer])
+    try:
+        with torch.enable_grad():
+            outputs = cam.activations_and_grads(rows)
+            if cam.uses_gradients:
+                sum(target(output) for target, output in zip(targets, outputs)).backward()
+        activations = cam.activations_and_grads.activations[0].cpu().numpy()
+        grads = cam.activations_and_grads.gradients[0].cpu().numpy() if cam.uses_gradients else None
+        raw = cam.get_cam_image(rows, layer, targets, activations, grads, False)
+    finally:
+        cam.activations_and_grads.release()
+    maps = torch.as_tensor(raw, device=images.device).clamp(min=0).float().view(n, k, *raw.shape[-2:])
+    return _upsample(maps, images.shape[-2:])
+
+
+def _upsample(maps: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear with half-pixel centres, as ``cv2.resize`` (what pytorch-grad-cam uses) upsamples."""
+    return nn.functional.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)

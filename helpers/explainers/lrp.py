@@ -1,0 +1,280 @@
+"""Layer-wise Relevance Propagation through zennit: the :class:`LRP` explainer, its composites and checks.
+
+The DenseNet canonizers live in :mod:`helpers.canonizers`. Relevance enters as the explained logit (a
+one-hot mask times the logit), so a map sums to the logit when relevance is conserved and
+:func:`conservation` is the sum over the logit. All pathologies share one forward pass and each rule's
+modified forward: the backward is batched over pathologies with ``torch.autograd.grad(...,
+is_grads_batched=True)`` (written here because zennit's attributors run one backward per output).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from zennit.canonizers import Canonizer
+from zennit.composites import (
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlusFlat,
+    LayerMapComposite,
+    layer_map_base,
+)
+from zennit.core import Composite
+from zennit.rules import AlphaBeta, Epsilon, ZPlus
+from zennit.types import Convolution
+
+from helpers import labels
+from helpers.canonizers import canonizers_for, level_number
+from helpers.config import IMAGENET_MEAN, IMAGENET_STD
+from helpers.explainers.base import Explainer, frozen_eval, model_device, register
+from helpers.heatmaps import HeatmapSet, stack_pathologies
+from helpers.tensors import to_numpy
+
+
+def _all_layers(rule) -> Callable[..., Composite]:
+    """A composite applying ``rule`` to every convolution and linear layer (iNNvestigate's convention)."""
+
+    def build(canonizers=None, **_bounds):
+        return LayerMapComposite(layer_map_base() + [(Convolution, rule()), (nn.Linear, rule())], canonizers=canonizers)
+
+    return build
+
+
+#: Composite factories ``(canonizers, low, high) -> Composite``. The first three are zennit's modern
+#: composites; the last four are the paper's iNNvestigate analysers expressed in zennit.
+COMPOSITES: dict[str, Callable[..., Composite]] = {
+    "epsilon_plus_flat": lambda canonizers=None, **_: EpsilonPlusFlat(canonizers=canonizers),
+    "epsilon_gamma_box": lambda canonizers=None, low=None, high=None: EpsilonGammaBox(
+        low=low, high=high, canonizers=canonizers
+    ),
+    "epsilon_alpha2_beta1_flat": lambda canonizers=None, **_: EpsilonAlpha2Beta1Flat(canonizers=canonizers),
+    "z": _all_layers(lambda: Epsilon(epsilon=1e-6)),
+    "epsilon": _all_layers(lambda: Epsilon(epsilon=1.0)),
+    "alpha2_beta1": _all_layers(lambda: AlphaBeta(alpha=2.0, beta=1.0)),
+    "deep_taylor": _all_layers(ZPlus),
+}
+MODERN_COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat")
+#: The paper's LRP-z, LRP-epsilon (epsilon = 1), LRP-alpha2-beta1 and deep Taylor (z+).
+PAPER_COMPOSITES = ("z", "epsilon", "alpha2_beta1", "deep_taylor")
+
+
+def pixel_bounds(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, like: torch.Tensor | None = None
+):
+    """The normalised inputs' lowest and highest values (pixels 0 and 1), ``(1, 3, 1, 1)`` each, for ZBox.
+
+    Made on the device and in the dtype of ``like`` (default: CPU float64).
+    """
+    options = {"dtype": torch.float64} if like is None else {"dtype": like.dtype, "device": like.device}
+    mean_t = torch.as_tensor(mean, **options).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, **options).view(1, 3, 1, 1)
+    return (0 - mean_t) / std_t, (1 - mean_t) / std_t
+
+
+def make_composite(
+    name: str,
+    canonizers: Sequence[Canonizer] = (),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    like: torch.Tensor | None = None,
+):
+    """A fresh zennit composite by name (see :data:`COMPOSITES`), with ``canonizers`` registered first."""
+    if name not in COMPOSITES:
+        raise ValueError(f"Unknown composite {name!r}; choose from {sorted(COMPOSITES)}.")
+    low, high = pixel_bounds(mean, std, like)
+    return COMPOSITES[name](canonizers=list(canonizers), low=low, high=high)
+
+
+class LRP(Explainer):
+    """Signed LRP maps through a zennit composite and a canonization level, summed over colour channels.
+
+    Parameters
+    ----------
+    composite : str
+        One of :data:`COMPOSITES` (default ``"epsilon_plus_flat"``).
+    canonization : int or str
+        1 ``"explicit_head"``, 2 ``"merge"`` or 3 ``"full"`` (default).
+    mean, std : sequence of float
+        The input normalisation, for the pixel bounds of ``"epsilon_gamma_box"``.
+    """
+
+    signed = True
+
+    def __init__(
+        self,
+        name: str | None = None,
+        composite: str = "epsilon_plus_flat",
+        canonization: int | str = "full",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        batch_size: int = 4,
+    ):
+        if composite not in COMPOSITES:
+            raise ValueError(f"Unknown composite {composite!r}; choose from {sorted(COMPOSITES)}.")
+        super().__init__(
+            name or f"lrp_{composite}",
+            batch_size,
+            composite=composite,
+            canonization=level_number(canonization),
+            explained="logit",
+            output_relevance="one-hot x logit",
+            channels="sum",
+        )
+        self.normalisation = (tuple(mean), tuple(std))
+
+    def attribute(self, model, images, classes):
+        composite = make_composite(
+            self.params["composite"],
+            canonizers_for(model, self.params["canonization"]),
+            *self.normalisation,
+            like=images,
+        )
+        return relevance_maps(model, composite, images, classes)[0]
+
+    def explain(self, model, images, pathologies=None, image_ids=None) -> HeatmapSet:
+        result = super().explain(model, images, pathologies, image_ids)
+        _warn_if_diverged(result)
+        return result
+
+
+for _composite in COMPOSITES:
+    register(f"lrp_{_composite}", functools.partial(LRP, composite=_composite))
+
+
+def explain_lrp(
+    model: nn.Module,
+    images: torch.Tensor,
+    pathologies: Sequence[str] | None = None,
+    composite: str = "epsilon_plus_flat",
+    canonization: int | str = "full",
+    image_ids: Sequence[str] | None = None,
+    batch_size: int = 4,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> HeatmapSet:
+    """Signed LRP maps of every image for every pathology: :class:`LRP` in one call (see its parameters)."""
+    explainer = LRP(composite=composite, canonization=canonization, mean=mean, std=std, batch_size=batch_size)
+    return explainer.explain(model, images, pathologies, image_ids)
+
+
+def _warn_if_diverged(result: HeatmapSet) -> None:
+    """Rules without stabilisation (LRP-z) can overflow on deep networks: say so instead of hiding it."""
+    diverged = int((~np.isfinite(result.maps)).any(axis=(-2, -1)).sum())
+    if diverged:
+        warnings.warn(
+            f"{result.method} at canonization level {result.params['canonization']}: relevance diverged "
+            f"(inf or NaN) in {diverged} of {result.maps.shape[0] * result.maps.shape[1]} maps. "
+            f"Use a stabilised composite (e.g. epsilon_plus_flat) or canonization='full'.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def relevance_maps(model: nn.Module, composite: Composite, images: torch.Tensor, classes: Sequence[int]):
+    """Maps ``(n, k, H, W)`` in the input's dtype and the logits ``(n, 14)``, from one forward pass.
+
+    The backward is batched over ``classes`` (``is_grads_batched``): the forward pass and every rule's
+    modified forward are computed once, only the relevance backward runs per class. The composite's
+    hooks and canonizers are removed on exit, also on errors.
+    """
+    with composite.context(model) as hooked:
+        inputs = images.detach().clone().requires_grad_(True)
+        logits = hooked(inputs)
+        relevance = _output_relevance(logits.detach(), classes)
+        (attribution,) = torch.autograd.grad(logits, inputs, grad_outputs=relevance, is_grads_batched=True)
+    return attribution.sum(dim=2).transpose(0, 1).detach(), logits.detach()
+
+
+def _output_relevance(logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """``(k, n, n_outputs)``: for pathology ``j``, the logit of class ``classes[j]`` and zero elsewhere."""
+    one_hot = torch.zeros(len(classes), *logits.shape, dtype=logits.dtype, device=logits.device)
+    for j, c in enumerate(classes):
+        one_hot[j, :, c] = logits[:, c]
+    return one_hot
+
+
+def conservation(heatmaps: HeatmapSet, logits: np.ndarray) -> np.ndarray:
+    """Sum of each map over the explained logit, ``(n, k)``: 1 where relevance is conserved.
+
+    ``logits`` are the model's ``(n, 14)`` outputs; the columns of the explained pathologies are used.
+    """
+    totals = heatmaps.maps.astype(np.float64).sum(axis=(-2, -1))
+    explained = np.asarray(logits, dtype=np.float64)[:, labels.pathology_indices(heatmaps.pathologies)]
+    return totals / explained
+
+
+def conservation_table(
+    model: nn.Module,
+    images: torch.Tensor,
+    composites: Sequence[str] = tuple(COMPOSITES),
+    levels: Sequence[int] = (1, 2, 3),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> pd.DataFrame:
+    """Relevance conservation (map sum / explained logit) for every composite x canonization level.
+
+    Returns a DataFrame with one row per (composite, level): the median and quartiles over every
+    image x pathology with a finite map, and the share of maps whose relevance diverged. Medians,
+    because a logit near zero makes its ratio arbitrarily large.
+    """
+    images = images.to(model_device(model))
+    with torch.no_grad(), frozen_eval(model):
+        logits = to_numpy(model(images).double())
+    rows = []
+    for composite in composites:
+        for level in levels:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # divergence is reported in the table
+                ratio = conservation(
+                    explain_lrp(model, images, composite=composite, canonization=level, mean=mean, std=std), logits
+                )
+            finite = np.isfinite(ratio)
+            q25, median, q75 = np.percentile(ratio[finite], [25, 50, 75]) if finite.any() else [np.nan] * 3
+            rows.append(
+                {
+                    "composite": composite,
+                    "canonization": level,
+                    "median": median,
+                    "q25": q25,
+                    "q75": q75,
+                    "diverged": 1 - finite.mean(),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def explain_lrp_separately(
+    model: nn.Module,
+    images: torch.Tensor,
+    pathologies: Sequence[str] | None = None,
+    composite: str = "epsilon_plus_flat",
+    canonization: int | str = "full",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> torch.Tensor:
+    """The reference: zennit's own ``Gradient`` attributor, once per pathology. ``(n, k, H, W)``, input dtype.
+
+    Used by tests and the benchmark to check and time :class:`LRP`.
+    """
+    from zennit.attribution import Gradient
+
+    classes = labels.pathology_indices(stack_pathologies(pathologies))
+    zennit_composite = make_composite(composite, canonizers_for(model, canonization), mean, std, like=images)
+    maps = []
+    with frozen_eval(model), Gradient(model, zennit_composite) as attributor:
+        for c in classes:
+
+            def relevance(logits, c=c):
+                mask = torch.zeros_like(logits)
+                mask[:, c] = 1
+                return mask * logits.detach()
+
+            _, attribution = attributor(images.detach().clone(), relevance)
+            maps.append(attribution.sum(dim=1))
+    return torch.stack(maps, dim=1).detach()

@@ -1,0 +1,57 @@
+"""Procedural chest radiographs in CheXpert's layout, with pixel ground truth (CheXlocalize JSON).
+
+One job per module, in the order a dataset is made:
+
+- :mod:`~helpers.phantom.labels`: CheXpert-like labels, drawing strengths, patients and studies.
+- :mod:`~helpers.phantom.scene`: per-image scene parameters (pose, habitus, exposure, finding placement).
+- :mod:`~helpers.phantom.shapes`: soft shape primitives.
+- :mod:`~helpers.phantom.anatomy`: the patient-frame :class:`Geometry` and the normal chest.
+- :mod:`~helpers.phantom.findings`: one :class:`Finding` class per localisable finding, its parameters
+  and its drawing; :data:`FINDINGS_BY_NAME`.
+- :mod:`~helpers.phantom.render`: a scene and strengths to images and masks (findings, exposure, blur).
+- :mod:`~helpers.phantom.writer`: :func:`generate`, the CheXpert-format folder.
+
+Written by hand because no library draws chest phantoms with per-finding masks. Rendering the same scene
+with one finding's strength set to 0 gives the image without that finding and nothing else changed.
+"""
+
+from helpers.phantom.anatomy import Geometry
+from helpers.phantom.findings import FINDINGS_BY_NAME, REGISTRY, Finding
+from helpers.phantom.labels import (
+    FINDINGS,
+    PATHOLOGIC,
+    POSITIVE_STRENGTH,
+    UNCERTAIN_STRENGTH,
+    chexpert_stats,
+    drawing_strength,
+    patients,
+    sample_labels,
+)
+from helpers.phantom.render import DETECTOR_PSF, MASK_THRESHOLD, render
+from helpers.phantom.scene import PATIENT_KEYS, sample_scene, study_scenes
+from helpers.phantom.writer import BATCH, MANIFEST, generate, patient_batches
+
+__all__ = [
+    "BATCH",
+    "DETECTOR_PSF",
+    "FINDINGS",
+    "FINDINGS_BY_NAME",
+    "Finding",
+    "Geometry",
+    "MANIFEST",
+    "MASK_THRESHOLD",
+    "PATHOLOGIC",
+    "PATIENT_KEYS",
+    "POSITIVE_STRENGTH",
+    "REGISTRY",
+    "UNCERTAIN_STRENGTH",
+    "chexpert_stats",
+    "drawing_strength",
+    "generate",
+    "patient_batches",
+    "patients",
+    "render",
+    "sample_labels",
+    "sample_scene",
+    "study_scenes",
+]

@@ -1,0 +1,225 @@
+"""Writing a phantom dataset folder in the CheXpert-v1.0-small layout, with CheXlocalize masks.
+
+The folder is built in a temporary sibling and renamed into place when complete, so an interrupted run
+leaves nothing half-written; ``phantom.json`` records the parameters, so a matching phantom is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from helpers.labels import PATHOLOGIES
+from helpers.phantom.labels import FINDINGS, chexpert_stats, drawing_strength, patients, sample_labels
+from helpers.phantom.render import render
+from helpers.phantom.scene import study_scenes
+
+MANIFEST = "phantom.json"
+#: Bump when the same parameters would write other files, so existing phantoms are regenerated.
+VERSION = 8
+#: Rows rendered at once (a batch never splits a patient's studies).
+BATCH = 16
+
+
+def generate(
+    root: str | Path,
+    n_images: int,
+    image_size: int,
+    seed: int = 0,
+    *,
+    n_valid: int | None = None,
+    min_prevalence: float = 0.0,
+    jpeg_quality: int = 95,
+    progress: bool = False,
+) -> Path:
+    """Write a phantom dataset in the CheXpert-v1.0-small layout and return its folder.
+
+    Parameters
+    ----------
+    root : path-like
+        Folder to create: ``train.csv``, ``valid.csv``, ``train/patientNNNNN/studyK/view1_frontal.jpg``,
+        ``valid/...``, ``gt_segmentations.json`` (CheXlocalize format, every image, all 13 findings) and
+        ``phantom.json`` (the parameters). An existing phantom with the same parameters is reused; one
+        with other parameters is replaced; a folder that is not a phantom is never touched.
+    n_images : int
+        Rows of ``train.csv`` (frontal views; patients have several studies).
+    image_size : int
+        Side of the square images, in pixels.
+    seed : int
+        Everything (labels, anatomy, noise) follows from it.
+    n_valid : int, optional
+        Rows of ``valid.csv`` (default ``max(n_images // 5, 1)``); like CheXpert's, it has no -1 labels.
+    min_prevalence : float
+        Floor on each finding's positive rate (0 keeps CheXpert's rates).
+    jpeg_quality : int
+        Quality of the written JPEGs.
+    progress : bool
+        Show a progress bar per split.
+
+    Notes
+    -----
+    Writing happens in a temporary sibling folder that is renamed into place when complete, so an
+    interrupted run leaves nothing half-written.
+    """
+    root = Path(root)
+    n_valid = max(n_images // 5, 1) if n_valid is None else n_valid
+    if n_images < 1 or n_valid < 1 or image_size < 32:
+        raise ValueError(
+            f"Need n_images >= 1, n_valid >= 1 and image_size >= 32; got {n_images}, {n_valid}, {image_size}."
+        )
+    manifest = {
+        "n_images": n_images,
+        "n_valid": n_valid,
+        "image_size": image_size,
+        "seed": seed,
+        "min_prevalence": min_prevalence,
+        "jpeg_quality": jpeg_quality,
+        "version": VERSION,
+    }
+    if _existing_manifest(root) == manifest:
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        _write_dataset(tmp, manifest, progress)
+        _replace_folder(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _write_dataset(folder: Path, manifest: dict, progress: bool) -> None:
+    """Both splits, their CSVs, the masks and (last) the manifest, into the empty ``folder``."""
+    rng = np.random.default_rng(manifest["seed"])
+    options = {
+        "size": manifest["image_size"],
+        "min_prevalence": manifest["min_prevalence"],
+        "quality": manifest["jpeg_quality"],
+        "progress": progress,
+    }
+    masks: dict[str, dict] = {}
+    train = _write_split(folder, "train", manifest["n_images"], 1, rng, masks, **options)
+    first_valid_patient = int(train["Path"].str.extract(r"patient(\d+)", expand=False).astype(int).max()) + 1
+    valid = _write_split(folder, "valid", manifest["n_valid"], first_valid_patient, rng, masks, **options)
+    train.to_csv(folder / "train.csv", index=False)
+    valid.to_csv(folder / "valid.csv", index=False)
+    (folder / "gt_segmentations.json").write_text(json.dumps(masks))
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _existing_manifest(root: Path) -> dict | None:
+    if not root.exists():
+        return None
+    try:
+        return json.loads((root / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise FileExistsError(
+            f"{root} exists and is not a complete phantom (no readable {MANIFEST}); "
+            f"refusing to overwrite it. Remove it or choose another folder."
+        ) from None
+
+
+def _replace_folder(new: Path, root: Path) -> None:
+    """Rename ``new`` onto ``root``, moving an older phantom aside first (a folder cannot be replaced in one rename)."""
+    if root.exists():
+        old = root.with_name(f".{root.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        root.rename(old)
+        new.rename(root)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(root)
+
+
+def _write_split(
+    folder: Path,
+    split: str,
+    n: int,
+    first_patient: int,
+    rng: np.random.Generator,
+    masks: dict,
+    *,
+    size: int,
+    min_prevalence: float,
+    quality: int,
+    progress: bool,
+) -> pd.DataFrame:
+    """Sample one split's rows and write its images; adds its masks to ``masks`` and returns its CSV rows."""
+    patient, study = patients(n, rng)
+    frame = _metadata(split, patient + first_patient, study, rng)
+    codes = sample_labels(n, rng, min_prevalence, allow_uncertain=split == "train")
+    frame[list(PATHOLOGIES)] = codes
+    scene = study_scenes(patient, rng, ap=frame["AP/PA"].to_numpy() == "AP")
+    strength = drawing_strength(codes, rng)
+    ids = [_image_id(path) for path in frame["Path"]]
+    batches = patient_batches(patient)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"phantom {split}", unit="batch")
+    for start, stop in batches:
+        rows = slice(start, stop)
+        images, drawn = render({k: v[rows] for k, v in scene.items()}, strength[rows], size)
+        for row, image, image_masks in zip(range(start, stop), images, drawn):
+            first_study = row == 0 or patient[row] != patient[row - 1]
+            _save_jpeg(
+                folder / Path(frame["Path"].iat[row]).relative_to("CheXpert-v1.0-small"), image, quality, first_study
+            )
+            masks[ids[row]] = dict(zip(FINDINGS, _encode_stack(image_masks)))
+    return frame
+
+
+def patient_batches(patient: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` row ranges of about :data:`BATCH` rows that never split a patient's studies."""
+    bounds, start = [], 0
+    while start < len(patient):
+        stop = min(start + BATCH, len(patient))
+        while stop < len(patient) and patient[stop] == patient[stop - 1]:
+            stop += 1
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _metadata(split: str, patient: np.ndarray, study: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """CheXpert's metadata columns: path, sex and age (per patient), frontal view, AP or PA (per image)."""
+    views = chexpert_stats()["views"]
+    n = len(patient)
+    path = [f"CheXpert-v1.0-small/{split}/patient{p:05d}/study{s}/view1_frontal.jpg" for p, s in zip(patient, study)]
+    sex_of_patient = np.where(rng.random(patient.max() + 1) < views["male"], "Male", "Female")
+    age_of_patient = rng.normal(views["age_mean"], views["age_std"], patient.max() + 1).clip(18, 90)
+    return pd.DataFrame(
+        {
+            "Path": path,
+            "Sex": sex_of_patient[patient],
+            "Age": np.round(age_of_patient[patient]).astype(int),
+            "Frontal/Lateral": "Frontal",
+            "AP/PA": np.where(rng.random(n) < views["ap_among_frontal"], "AP", "PA"),
+        }
+    )
+
+
+def _image_id(path: str) -> str:
+    """CheXlocalize's image id: ``patientNNNNN_studyK_view1_frontal``."""
+    return "_".join(Path(path).with_suffix("").parts[-3:])
+
+
+def _save_jpeg(path: Path, image: np.ndarray, quality: int, first_study: bool) -> None:
+    if first_study:  # one mkdir per study and one per patient: metadata calls are slow on some disks
+        path.parent.parent.mkdir(parents=True)
+    path.parent.mkdir()
+    Image.fromarray((image * 255.0 + 0.5).astype(np.uint8)).save(path, quality=quality)
+
+
+def _encode_stack(image_masks: np.ndarray) -> list[dict]:
+    """COCO RLE of each of an image's masks, in one pycocotools call (one call per mask is 5x slower)."""
+    encoded = coco_mask.encode(np.asfortranarray(image_masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in encoded]

@@ -1,0 +1,266 @@
+"""``Run(profile)``: the one owner of everything a profile makes, and the way to load each stage.
+
+Every artifact path of a run is derived here, under ``runs/<profile>/`` (git-ignored): the phantom or a
+pointer to the real data, the decoded-image cache, the checkpoint, heatmap sets by explainer name, metric
+tables, figures and executed notebooks. Notebooks, benchmarks and scripts go through a ``Run``; no other
+module builds an artifact path, and every write is atomic. A stage that has not run yet is a clear error
+naming the notebook that makes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from helpers import config, data, explainers, figures, labels, paths, train
+from helpers.heatmaps import HeatmapSet
+from helpers.io import atomic_path
+
+#: Folder of the phantom inside a phantom run (CheXpert's own folder name).
+PHANTOM_FOLDER = "CheXpert-v1.0-small"
+
+
+@dataclass
+class ExplainedBatch:
+    """The test images every explainer explains, the same for notebooks 03 to 06.
+
+    Attributes
+    ----------
+    rows : list of int
+        Rows of the test split, sampled across patients (:meth:`helpers.data.PreparedData.sample_rows`).
+    image_ids, patients : list of str
+        CheXlocalize image id and patient id of each image.
+    inputs : Tensor
+        Normalised network inputs ``(n, 3, H, W)`` on the CPU (explainers move them to the model's device).
+    images : numpy.ndarray
+        uint8 ``(n, H, W)``, for display.
+    codes : numpy.ndarray
+        CheXpert label codes ``(n, 14)``: 1, 0, -1 or NaN.
+    masks : numpy.ndarray
+        Ground truth, bool ``(n, 14, H, W)`` (empty where none).
+    """
+
+    rows: list[int]
+    image_ids: list[str]
+    patients: list[str]
+    inputs: torch.Tensor
+    images: np.ndarray
+    codes: np.ndarray
+    masks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def pairs(self, pathologies: Sequence[str] = labels.LOCALISABLE) -> list[tuple[int, str]]:
+        """Every positive ``(image index, pathology)`` among ``pathologies`` (default: the localisable findings)."""
+        return [
+            (i, name)
+            for i in range(len(self))
+            for name in pathologies
+            if self.codes[i, labels.PATHOLOGIES.index(name)] == 1
+        ]
+
+    def head(self, n: int) -> ExplainedBatch:
+        """The first ``n`` images (for the checks that re-explain them many times)."""
+        return ExplainedBatch(
+            self.rows[:n],
+            self.image_ids[:n],
+            self.patients[:n],
+            self.inputs[:n],
+            self.images[:n],
+            self.codes[:n],
+            self.masks[:n],
+        )
+
+
+class Run:
+    """Everything one profile makes, by stage.
+
+    Parameters
+    ----------
+    profile : Profile or str, optional
+        A profile or its name; default ``$CHEXPLAIN_PROFILE``, else ``default``.
+    device : str or torch.device, optional
+        Where the model runs; default the best available (:func:`helpers.train.select_device`, which
+        ``$CHEXPLAIN_DEVICE`` overrides).
+    """
+
+    def __init__(self, profile: config.Profile | str | None = None, device: str | torch.device | None = None):
+        self.profile = profile if isinstance(profile, config.Profile) else config.load_profile(profile)
+        self.device = torch.device(device) if device is not None else train.select_device()
+        self.root = paths.run_dir(self.profile.name)
+        self._loaded: dict[str, object] = {}  # each stage loaded once per Run
+
+    def __repr__(self) -> str:
+        return f"Run({self.profile.name!r}, root={str(self.root)!r}, device={str(self.device)!r})"
+
+    # ----------------------------------------------------------------------------------------- paths
+
+    def folder(self, name: str) -> Path:
+        """``runs/<profile>/<name>/``, created on first use."""
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def data_root(self) -> Path:
+        """The CheXpert-format folder holding ``train.csv`` and ``valid.csv``."""
+        if self.profile.data_source == "phantom":
+            return self.root / PHANTOM_FOLDER
+        value = os.environ.get(config.CHEXPERT_ROOT_ENV)
+        if not value:
+            raise FileNotFoundError(
+                f"Profile {self.profile.name!r} reads real CheXpert, but {config.CHEXPERT_ROOT_ENV} is not set. "
+                f"Set it to the CheXpert-v1.0-small folder that holds train.csv, e.g. "
+                f"`export {config.CHEXPERT_ROOT_ENV}=/data/CheXpert-v1.0-small`, or run another profile "
+                f"(`{config.PROFILE_ENV}=default`)."
+            )
+        return Path(value).expanduser().resolve()
+
+    @property
+    def figures_dir(self) -> Path:
+        """This run's figures and tables (``make publish`` copies the default run's into ``figures/``)."""
+        return self.folder("figures")
+
+    @property
+    def model_dir(self) -> Path:
+        """``last.pt`` (resume) and ``best.pt`` (the model every later notebook loads)."""
+        return self.folder("model")
+
+    @property
+    def predictions_path(self) -> Path:
+        """The test split's predicted probabilities (notebook 02)."""
+        return self.root / "predictions_test.csv"
+
+    def heatmap_path(self, name: str) -> Path:
+        """Where the HeatmapSet of explainer ``name`` is saved."""
+        return self.folder("heatmaps") / f"{name}.npz"
+
+    def table_path(self, name: str) -> Path:
+        """Where metric table ``name`` is saved (CSV)."""
+        return self.folder("metrics") / f"{name}.csv"
+
+    # ----------------------------------------------------------------------------------------- stages
+
+    def prepare(self, on_bad: str = "raise", progress: bool = True) -> data.PreparedData:
+        """Notebook 01: generate the phantom (phantom profiles), validate the data, decode every image once."""
+        profile = self.profile
+        if profile.data_source == "phantom":
+            from helpers import phantom  # the run makes the phantom; the data layer only reads folders
+
+            phantom.generate(
+                self.data_root,
+                profile.n_train,
+                profile.image_size,
+                seed=profile.seed,
+                n_valid=profile.n_valid,
+                min_prevalence=profile.min_prevalence,
+                progress=progress,
+            )
+        prepared = data.prepare(
+            self.data_root,
+            self.folder("cache"),
+            profile.image_size,
+            val_fraction=profile.val_fraction,
+            frontal=profile.frontal_only,
+            seed=profile.seed,
+            on_bad=on_bad,
+        )
+        self._loaded["data"] = prepared
+        return prepared
+
+    def data(self) -> data.PreparedData:
+        """The splits notebook 01 prepared (decoded images memory-mapped)."""
+        return self._once("data", lambda: data.load_prepared(self.folder("cache"), self.profile.image_size))
+
+    def train(self, progress: bool = True) -> tuple[nn.Module, dict, pd.DataFrame]:
+        """Notebook 02: train (resuming an interrupted run) or load the finished one; the model is on :attr:`device`."""
+        model, meta, history = train.train_or_load(self.profile, self.data(), self.model_dir, progress=progress)
+        model = model.to(self.device).eval()
+        self._loaded["model"] = (model, meta)
+        return model, meta, history
+
+    def model(self) -> tuple[nn.Module, dict]:
+        """The trained model (best checkpoint) on :attr:`device`, in eval mode, and its metadata."""
+        return self._once("model", lambda: train.load_trained(self.profile, self.model_dir, device=self.device))
+
+    def explained(self) -> ExplainedBatch:
+        """The test images every explainer explains: ``n_explain`` images with a positive localisable finding,
+        sampled across patients with the profile's seed."""
+        return self._once("explained", self._explained_batch)
+
+    def _explained_batch(self) -> ExplainedBatch:
+        prepared, (_, meta) = self.data(), self.model()
+        test = prepared.split("test")
+        rows = prepared.sample_rows("test", self.profile.n_explain, seed=self.profile.seed)
+        chosen = test.iloc[rows]
+        return ExplainedBatch(
+            rows,
+            chosen["image_id"].tolist(),
+            data.patient_ids(chosen).tolist(),
+            prepared.inputs("test", rows, meta["mean"], meta["std"]),
+            np.asarray(prepared.images["test"][rows]),
+            chosen[list(labels.PATHOLOGIES)].to_numpy(),
+            prepared.masks("test")[rows],
+        )
+
+    def explainer(self, name: str, **overrides) -> explainers.Explainer:
+        """The registered explainer ``name`` set up for this run's model (its input normalisation)."""
+        explainer = explainers.create(name, **overrides)
+        meta = self.model()[1]
+        explainer.normalisation = (tuple(meta["mean"]), tuple(meta["std"]))  # the model's, not ImageNet's default
+        return explainer
+
+    def explain(self, explainer: str | explainers.Explainer, **overrides) -> HeatmapSet:
+        """Explain the :meth:`explained` batch with an explainer (or a registered name) and save the result."""
+        if isinstance(explainer, str):
+            explainer = self.explainer(explainer, **overrides)
+        batch = self.explained()
+        result = explainer.explain(self.model()[0], batch.inputs, image_ids=batch.image_ids)
+        result.save(self.heatmap_path(result.method))
+        return result
+
+    def heatmaps(self, names: Sequence[str]) -> dict[str, HeatmapSet]:
+        """Saved HeatmapSets by explainer name; all must explain the :meth:`explained` images."""
+        expected = self.explained().image_ids
+        sets = {name: HeatmapSet.load(self.heatmap_path(name)) for name in names}
+        for name, heatmaps in sets.items():
+            if heatmaps.image_ids != expected:
+                raise ValueError(
+                    f"{self.heatmap_path(name)} explains other images than this run's explained batch; "
+                    f"rerun notebooks 03 and 04 with profile {self.profile.name!r}."
+                )
+        return sets
+
+    def save_table(self, table: pd.DataFrame, name: str) -> Path:
+        """Write a metric table atomically as CSV (read back with :meth:`table`)."""
+        path = self.table_path(name)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
+        return path
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A saved metric table; a clear error names the notebook that writes it."""
+        path = self.table_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No table {name!r} at {path}: run notebook 05 (profile {self.profile.name!r}) first."
+            )
+        return pd.read_csv(path)
+
+    def save_figure(self, fig: Figure, number: int, slug: str) -> list[Path]:
+        """``figN_<slug>.pdf`` and ``.png`` into :attr:`figures_dir`."""
+        return figures.save_figure(fig, number, slug, self.figures_dir)
+
+    def _once(self, stage: str, load):
+        if stage not in self._loaded:
+            self._loaded[stage] = load()
+        return self._loaded[stage]

@@ -1,0 +1,103 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from helpers import evaluate, labels, train
+
+
+def _scores(seed=0, n=200):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, 14)) < 0.3).astype(np.float32)
+    targets[:, 5] = 0  # a pathology with no positives
+    probs = np.clip(targets * 0.3 + rng.random((n, 14)) * 0.7, 0, 1)
+    return probs, targets
+
+
+@pytest.mark.slow
+def test_evaluate_matches_scikit_learn_and_reports_missing():
+    probs, targets = _scores()
+    table = evaluate.evaluate(probs, targets, n_boot=200, seed=1)
+    auroc = table[table["metric"] == "AUROC"].set_index("pathology")
+    ap = table[table["metric"] == "AP"].set_index("pathology")
+    for j, name in enumerate(labels.PATHOLOGIES):
+        if j == 5:
+            assert np.isnan(auroc.loc[name, "value"]) and auroc.loc[name, "note"] == "missing: no positives"
+            continue
+        assert auroc.loc[name, "value"] == pytest.approx(roc_auc_score(targets[:, j], probs[:, j]))
+        assert ap.loc[name, "value"] == pytest.approx(average_precision_score(targets[:, j], probs[:, j]))
+        assert auroc.loc[name, "ci_low"] < auroc.loc[name, "value"] < auroc.loc[name, "ci_high"]
+    defined = [auroc.loc[n, "value"] for n in labels.PATHOLOGIES if n != labels.PATHOLOGIES[5]]
+    assert auroc.loc["macro (14)", "value"] == pytest.approx(np.mean(defined))
+    competition = [auroc.loc[n, "value"] for n in labels.COMPETITION]  # Edema (no positives) is NaN
+    assert auroc.loc["macro (competition)", "value"] == pytest.approx(np.nanmean(competition))
+    again = evaluate.evaluate(probs, targets, n_boot=200, seed=1)
+    assert again.equals(table)
+
+
+def test_per_class_auroc_uses_only_unmasked_rows():
+    probs, targets = _scores(seed=2)
+    mask = np.ones_like(targets)
+    mask[:100] = 0
+    scores = evaluate.per_class_auroc(probs, targets, mask)
+    assert scores[0] == pytest.approx(roc_auc_score(targets[100:, 0], probs[100:, 0]))
+    assert np.isnan(scores[5])
+
+
+class _Recorder(torch.nn.Module):
+    """Logits = mean pixel per class; remembers the devices its inputs came on."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(14))
+        self.devices = []
+
+    def forward(self, x):
+        self.devices.append(x.device)
+        return x.mean(dim=(1, 2, 3))[:, None] * self.scale
+
+
+def _dataset(n=10):
+    images = torch.linspace(-2, 2, n)[:, None, None, None].expand(n, 3, 4, 4)
+    return [{"image": image} for image in images]
+
+
+def test_predict_returns_cpu_numpy_probabilities():
+    model = _Recorder()
+    probs = evaluate.predict(model, _dataset(), batch_size=4)
+    assert isinstance(probs, np.ndarray) and probs.shape == (10, 14)
+    assert len(model.devices) == 3
+    np.testing.assert_allclose(probs[:, 0], torch.sigmoid(torch.linspace(-2, 2, 10)).numpy(), rtol=1e-5)
+
+
+def test_predict_feeds_the_model_on_its_device(monkeypatch):
+    """On the ``meta`` device (no GPU needed) every batch must reach the model there, and only the one exit to
+    numpy may leave it (patched: meta tensors hold no data)."""
+    received = []
+
+    def to_numpy(tensor):
+        received.append(tensor.device.type)
+        return np.zeros(tuple(tensor.shape), np.float32)
+
+    monkeypatch.setattr(evaluate, "to_numpy", to_numpy)
+    model = _Recorder().to("meta")
+    probs = evaluate.predict(model, _dataset(), batch_size=4)
+    assert {d.type for d in model.devices} == {"meta"} and received == ["meta"] * 3 and probs.shape == (10, 14)
+
+
+def test_save_predictions_and_summary_table(tmp_path):
+    probs, targets = _scores(seed=3, n=40)
+    path = evaluate.save_predictions(tmp_path / "p.csv", [f"img{i}" for i in range(40)], probs)
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["image_id", *labels.PATHOLOGIES] and frame["image_id"][3] == "img3"
+    np.testing.assert_allclose(frame[labels.PATHOLOGIES[2]].to_numpy(), probs[:, 2])
+    summary = evaluate.summary_table(evaluate.evaluate(probs, targets, n_boot=20))
+    assert list(summary.index[-2:]) == list(evaluate.REFERENCE_AUROC)
+    assert (summary.loc[list(evaluate.REFERENCE_AUROC), "data"] == "other data (published)").all()
+    assert summary.loc["macro (14)", "data"] == "this run"
+
+
+def test_train_still_exports_the_evaluation_names():
+    for name in ("predict", "save_predictions", "evaluate", "summary_table", "REFERENCE_AUROC", "per_class_auroc"):
+        assert getattr(train, name) is getattr(evaluate, name)

@@ -1,0 +1,156 @@
+"""The Explainer type: registry, shared behaviour of every method, and device placement without a GPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import explainers, heatmaps, labels, models
+from helpers.explainers import base
+
+#: Methods with a code path of their own; library CAMs keep activations as CPU numpy inside pytorch-grad-cam.
+DEVICE_CHECKED = [
+    "lrp_epsilon_plus_flat",
+    "lrp_epsilon_gamma_box",
+    "lrp_z",
+    "gradcam",
+    "hirescam",
+    "occlusion",
+    "gradient",
+    "gradient_x_input",
+    "smoothgrad",
+    "integrated_gradients",
+]
+
+
+def test_registry_names_every_method_once():
+    names = explainers.available()
+    for expected in (
+        "lrp_epsilon_plus_flat",
+        "lrp_deep_taylor",
+        "gradcam",
+        "gradcam++",
+        "scorecam",
+        "occlusion",
+        "gradient",
+        "gradient_x_input",
+        "smoothgrad",
+        "integrated_gradients",
+    ):
+        assert expected in names
+    with pytest.raises(ValueError, match="registered are"):
+        explainers.create("lrp_epsilon_plus_flatt")
+    with pytest.raises(ValueError, match="already registered"):
+        explainers.register("gradcam", explainers.CAM)
+
+
+@pytest.mark.parametrize("name", DEVICE_CHECKED + ["gradcam++", "layercam", "eigencam"])
+def test_every_explainer_returns_a_named_heatmap_set(model, images, name):
+    model.train()  # explain() must switch to eval and back, and leave gradients as they were
+    model.classifier.weight.requires_grad_(False)
+    explainer = explainers.create(name, batch_size=2)
+    result = explainer.explain(model, images, ["Cardiomegaly", "Edema"], image_ids=["a", "b", "c"])
+    assert model.training and not model.classifier.weight.requires_grad
+    model.classifier.weight.requires_grad_(True)
+    model.eval()
+    assert result.method == name and result.signed == explainer.signed
+    assert result.maps.shape == (3, 2, 64, 64) and result.maps.dtype == np.float32
+    assert np.isfinite(result.maps).all() and result.image_ids == ["a", "b", "c"]
+    if not result.signed:
+        assert result.maps.min() >= 0
+    with torch.no_grad():
+        expected = torch.sigmoid(model(images))[:, [2, 5]].numpy()
+    assert np.allclose(result.probs, expected, atol=1e-6)
+
+
+def test_signed_flag_survives_a_round_trip(model, images, tmp_path):
+    for name in ("lrp_epsilon_plus_flat", "gradcam"):
+        result = explainers.create(name).explain(model, images[:1], ["Edema"])
+        loaded = heatmaps.HeatmapSet.load(result.save(tmp_path / f"{name}.npz"))
+        assert loaded.signed == result.signed and loaded.method == name
+
+
+def test_cams_at_deeper_layers_are_finer(model, images):
+    """The 2x and 4x layers give maps with 2x and 4x as many distinct rows as the head's grid."""
+    rows = {}
+    for layer in ("head", "2x", "4x"):
+        result = explainers.CAM(method="gradcam", layer=layer).explain(model, images[:1], ["Edema"])
+        assert result.method == ("gradcam" if layer == "head" else f"gradcam_{layer}")
+        native = explainers.cam.cam_layer(model, layer)
+        captured = {}
+        handle = native.register_forward_hook(lambda m, i, o, seen=captured: seen.update(shape=o.shape))
+        with torch.no_grad():
+            model(images[:1])
+        handle.remove()
+        rows[layer] = captured["shape"][-1]
+    assert rows["2x"] == 2 * rows["head"] and rows["4x"] == 4 * rows["head"]
+
+
+def test_gradient_x_input_is_gradient_times_input(model, images):
+    x = images[:1].double()
+    net = model.double()
+    try:
+        ours = explainers.create("gradient_x_input").explain(net, x, ["Edema"]).maps[0, 0]
+        x = x.clone().requires_grad_(True)
+        net(x)[0, labels.PATHOLOGIES.index("Edema")].backward()
+        expected = (x.grad * x).sum(dim=1)[0].detach().numpy()
+    finally:
+        net.float()
+    assert np.allclose(ours, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_smoothgrad_is_seeded_and_leaves_the_global_random_state(model, images):
+    state = torch.random.get_rng_state()
+    first = explainers.create("smoothgrad", n_iter=3).explain(model, images[:1], ["Edema"]).maps
+    assert torch.equal(state, torch.random.get_rng_state())
+    again = explainers.create("smoothgrad", n_iter=3).explain(model, images[:1], ["Edema"]).maps
+    other = explainers.create("smoothgrad", n_iter=3, seed=1).explain(model, images[:1], ["Edema"]).maps
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_occlusion_finds_the_only_region_a_model_uses():
+    """A hand-built model whose Edema logit is the mean of the top-left quarter: occlusion peaks there."""
+
+    class TopLeft(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(14))
+
+        def forward(self, x):
+            return x[:, 0, :32, :32].mean(dim=(-2, -1))[:, None] * self.scale
+
+    x = torch.rand(1, 3, 64, 64) * 4
+    result = explainers.create("occlusion").explain(TopLeft(), x, ["Edema"])
+    peak = np.unravel_index(np.argmax(result.maps[0, 0]), (64, 64))
+    assert peak[0] < 32 and peak[1] < 32
+    assert result.maps[0, 0, 48:, 48:].max() <= 1e-6 * np.abs(result.maps).max() + 1e-12
+
+
+@pytest.mark.parametrize("name", DEVICE_CHECKED)
+def test_tensors_follow_the_model_device(model, images, name, monkeypatch):
+    """Model and inputs on the ``meta`` device: any tensor made on the CPU meets a meta tensor and raises, and
+    nothing but the one conversion to numpy (patched here, since meta tensors hold no data) may leave the device."""
+    seen = []
+
+    def to_numpy(tensor):
+        assert tensor.device.type == "meta", "a map or probability was computed off the model's device"
+        seen.append(tuple(tensor.shape))
+        return np.zeros(tuple(tensor.shape), np.float32)
+
+    monkeypatch.setattr(base, "to_numpy", to_numpy)
+    net = models.build_model("densenet_compact").to("meta").eval()
+    cheap = {
+        "occlusion": {"window": 32, "stride": 32},
+        "smoothgrad": {"n_iter": 2},
+        "integrated_gradients": {"n_iter": 2},
+    }.get(name, {})  # meta ops carry overhead: few passes suffice
+    result = explainers.create(name, batch_size=2, **cheap).explain(net, images.to("meta"), ["Edema", "Fracture"])
+    assert result.maps.shape == (3, 2, 64, 64) and (2, 2, 64, 64) in seen
+
+
+def test_explainers_reject_unknown_layers_and_models(model, images):
+    with pytest.raises(ValueError, match="choose from"):
+        explainers.CAM(layer="8x").explain(model, images[:1], ["Edema"])
+    with pytest.raises(ValueError, match="no explicit head"):
+        explainers.create("gradcam").explain(torch.nn.Sequential(torch.nn.Conv2d(3, 14, 3)), images[:1])
+    with pytest.raises(ValueError, match="Unknown gradient method"):
+        explainers.GradientFamily(kind="deconvnet")

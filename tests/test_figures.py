@@ -1,0 +1,78 @@
+"""Paper figures: file formats and fonts, and what each plot draws from its inputs."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from helpers import figures, labels  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_save_figure_writes_pdf_with_truetype_fonts_and_300_dpi_png(tmp_path):
+    fig, ax = plt.subplots(figsize=(figures.ONE_COLUMN, 1))
+    ax.set_title("Cardiomegaly")
+    pdf, png = figures.save_figure(fig, 3, "example", tmp_path)
+    assert (pdf.name, png.name) == ("fig3_example.pdf", "fig3_example.png")
+    assert b"/FontFile2" in pdf.read_bytes()  # Type 42: TrueType embedded, not Type 3 outlines
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert round(image.info["dpi"][0]) == 300
+    first = pdf.read_bytes()
+    figures.save_figure(fig, 3, "example", tmp_path)
+    assert pdf.read_bytes() == first  # no creation date: same figure, same bytes
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_save_table_writes_csv_and_booktabs_latex(tmp_path):
+    table = pd.DataFrame({"method": ["gradcam", "lrp_z"], "hit": [0.5, np.nan]})
+    csv, tex = figures.save_table(table, tmp_path, "table1_x", caption="A caption")
+    assert pd.read_csv(csv).equals(table)
+    text = tex.read_text()
+    assert "\\toprule" in text and "A caption" in text and "--" in text and "lrp\\_z" in text
+
+
+def test_cooccurrence_is_conditional_on_the_row():
+    positive = np.array([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=bool)
+    assert np.allclose(figures.conditional_cooccurrence(positive), [[1, 0.5], [0.5, 1]])
+
+
+def test_metric_by_pathology_draws_one_series_per_method_with_pooled_last():
+    rows = [
+        {"pathology": p, "method": m, "metric": "hit", "mean": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+        for m, v in (("gradcam", 0.4), ("occlusion", 0.7))
+        for p in ("Edema", "Cardiomegaly", "all")
+    ]
+    fig = figures.plot_metric_by_pathology(pd.DataFrame(rows), ["hit"], ["gradcam", "occlusion"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Cardiomegaly", "Edema", "all"]
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["gradcam", "occlusion"]
+
+
+def test_randomisation_plot_keeps_stage_order():
+    scores = pd.DataFrame(
+        [("a", "Edema", "gradcam", f"randomised_{s}", v) for s, v in (("classifier", 0.9), ("stem", 0.1))],
+        columns=["image", "pathology", "method", "metric", "value"],
+    )
+    fig = figures.plot_randomisation(scores, ["classifier", "stem"])
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_ydata()) == [0.9, 0.1]
+
+
+def test_examples_mark_pathologies_without_positives():
+    frame = pd.DataFrame(0.0, index=range(2), columns=list(labels.PATHOLOGIES))
+    frame.loc[1, "Edema"] = 1.0
+    masks = np.zeros((2, 14, 8, 8), bool)
+    fig = figures.plot_examples(np.zeros((2, 8, 8), np.uint8), masks, frame, pathologies=["Edema", "Fracture"])
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == ["no positive"]  # Fracture has none; Edema shows its image

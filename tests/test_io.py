@@ -1,0 +1,56 @@
+"""helpers.io.atomic_path: a file is either the old one or the whole new one, never a half-written one."""
+
+import pytest
+
+from helpers.io import atomic_path
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_target_appears_whole_only_on_success(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old\n")
+    with atomic_path(target) as tmp:
+        tmp.write_text("new, first half\n")
+        assert target.read_text() == "old\n", "nothing new is visible before the body finishes"
+        with open(tmp, "a") as handle:
+            handle.write("second half\n")
+    assert target.read_text() == "new, first half\nsecond half\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"], "no temporary file left behind"
+
+
+def test_body_that_raises_leaves_the_target_untouched(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old\n")
+    with pytest.raises(Interrupted):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise Interrupted
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"], "no temporary file left behind"
+
+
+def test_body_that_raises_creates_no_target(tmp_path):
+    target = tmp_path / "new.npy"
+    with pytest.raises(Interrupted):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"\x00" * 10)
+            raise Interrupted
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_file_sits_beside_the_target_and_parents_are_made(tmp_path):
+    target = tmp_path / "a" / "b" / "out.txt"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target  # same folder: the rename is atomic
+        tmp.write_text("done")
+    assert target.read_text() == "done"
+    assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
+
+
+def test_still_importable_from_helpers_data():
+    from helpers import data
+
+    assert data.atomic_path is atomic_path
