@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install run publish test unit lint format lab bench clean
+.PHONY: help install run publish test unit lint format lab bench bench-gpu clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,7 +51,11 @@ lab: $(STAMP) ## Open JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks
 
 bench: $(STAMP) ## Run the benchmarks in benchmarks/ and print their tables
-	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	set -e; for script in $(filter-out benchmarks/bench_gpu.py,$(wildcard benchmarks/bench_*.py)); do \
+	  echo "== $$script"; $(BIN)/python $$script; done
+
+bench-gpu: $(STAMP) ## The paper profile on a GPU, per notebook and step (benchmarks/bench_gpu.py)
+	$(BIN)/python benchmarks/bench_gpu.py
 
 clean: ## Remove run folders (data caches, checkpoints, executed notebooks); keeps .venv
 	rm -rf runs

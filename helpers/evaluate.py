@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from helpers import labels
+from helpers.data import batch_inputs
 from helpers.io import atomic_path
 from helpers.tensors import to_numpy
 
@@ -25,14 +26,17 @@ __all__ = ["REFERENCE_AUROC", "evaluate", "per_class_auroc", "predict", "save_pr
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset, batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
-    """Sigmoid probabilities ``(n, n_classes)`` for a dataset of items with an ``image`` key.
+    """Sigmoid probabilities ``(n, n_classes)`` for a dataset of items with an ``image`` (or raw ``pixels``) key.
 
-    Batches go to ``device`` (default: where the model's parameters are); probabilities come back on the CPU.
+    Batches go to ``device`` (default: where the model's parameters are); a :class:`~helpers.data.ChestXrayDataset`
+    sends uint8 pixels, normalised there (:func:`helpers.data.batch_inputs`). Probabilities come back on the CPU.
     """
     device = device or next(model.parameters()).device
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    outputs = [to_numpy(torch.sigmoid(model(batch["image"].to(device))).float()) for batch in loader]
+    raw = dataset.as_raw() if hasattr(dataset, "as_raw") else dataset
+    normalisation = (getattr(dataset, "mean", None), getattr(dataset, "std", None))
+    loader = DataLoader(raw, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+    outputs = [to_numpy(torch.sigmoid(model(batch_inputs(batch, device, *normalisation))).float()) for batch in loader]
     return np.concatenate(outputs) if outputs else np.zeros((0, len(labels.PATHOLOGIES)), np.float32)
 
 

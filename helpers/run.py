@@ -213,8 +213,11 @@ class Run:
         )
 
     def explainer(self, name: str, **overrides) -> explainers.Explainer:
-        """The registered explainer ``name`` set up for this run's model (its input normalisation)."""
+        """The registered explainer ``name`` set up for this run's model: its input normalisation and, on a GPU,
+        a batch size chosen for the device's free memory (unless ``batch_size`` is given)."""
         explainer = explainers.create(name, **overrides)
+        if "batch_size" not in overrides:
+            explainer.batch_size = explainers.batch_size_for(self.device, self.profile.image_size, explainer.batch_size)
         meta = self.model()[1]
         explainer.normalisation = (tuple(meta["mean"]), tuple(meta["std"]))  # the model's, not ImageNet's default
         return explainer

@@ -22,10 +22,11 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from helpers import config, labels, models
 from helpers.config import Profile, TrainSettings
+from helpers.data import batch_inputs
 from helpers.evaluate import REFERENCE_AUROC, evaluate, per_class_auroc, predict, save_predictions, summary_table
 from helpers.io import atomic_path
 
@@ -189,12 +190,15 @@ def fit(
     network = nn.parallel.DistributedDataParallel(model) if _distributed() else model
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     val_targets, val_mask = val_set.targets, val_set.loss_mask
+    loader = _train_loader(train_set, settings, profile.seed, device)
+    feed = (device, train_set.mean, train_set.std)
     for epoch in range(state["epoch"] + 1, settings.max_epochs + 1):
         if state["stale"] >= settings.patience:
             break
         started = time.perf_counter()
-        loader = _train_loader(train_set, settings, profile.seed, epoch)
-        loss = _train_epoch(network, loader, optimizer, scaler, epoch, device, progress, out_dir, settings.max_epochs)
+        loader.sampler.set_epoch(epoch)
+        loss = _train_epoch(network, loader, optimizer, scaler, epoch, feed, progress, out_dir, settings.max_epochs)
+        train_seconds = time.perf_counter() - started
         val_auroc = np.nanmean(per_class_auroc(predict(model, val_set, device=device), val_targets, val_mask))
         scheduler.step(val_auroc)
         improved = val_auroc > state["best"]
@@ -206,6 +210,7 @@ def fit(
                 "val_mean_auroc": float(val_auroc),
                 "learning_rate": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
+                "train_seconds": train_seconds,
             }
         )
         if _rank() == 0:
@@ -225,7 +230,8 @@ def fit(
     return pd.DataFrame(state["history"])
 
 
-def _train_epoch(network, loader, optimizer, scaler, epoch, device, progress, out_dir, max_epochs) -> float:
+def _train_epoch(network, loader, optimizer, scaler, epoch, feed, progress, out_dir, max_epochs) -> float:
+    device = feed[0]
     network.train()
     if progress and _rank() == 0:
         from tqdm.auto import tqdm
@@ -233,8 +239,8 @@ def _train_epoch(network, loader, optimizer, scaler, epoch, device, progress, ou
         loader = tqdm(loader, desc=f"epoch {epoch}/{max_epochs}", leave=False)
     total, count = 0.0, 0
     for step, batch in enumerate(loader):
-        target, weight = batch["target"].to(device), batch["loss_mask"].to(device)
-        image = batch["image"].to(device, memory_format=torch.channels_last)
+        target, weight = batch["target"].to(device, non_blocking=True), batch["loss_mask"].to(device, non_blocking=True)
+        image = batch_inputs(batch, *feed).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = network(image)
         loss = masked_bce(logits.float(), target, weight)
@@ -258,21 +264,45 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return (loss * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def _train_loader(train_set, settings: TrainSettings, seed: int, epoch: int) -> DataLoader:
-    """Shuffled by a generator seeded per epoch, so a resumed run sees the same batches."""
+def _train_loader(train_set, settings: TrainSettings, seed: int, device: torch.device) -> DataLoader:
+    """One loader for the whole fit: raw uint8 items (normalised on the device), pinned memory on CUDA,
+    workers kept alive across epochs; the sampler reshuffles per epoch (``set_epoch``), so a resumed run
+    sees the same batches."""
+    raw = train_set.as_raw() if hasattr(train_set, "as_raw") else train_set
     if _distributed():
-        sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
-        sampler.set_epoch(epoch)
+        sampler = DistributedSampler(raw, shuffle=True, seed=seed)
     else:
-        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-        sampler = RandomSampler(train_set, generator=generator)
+        sampler = EpochSampler(len(raw), seed)
     return DataLoader(
-        train_set,
+        raw,
         batch_size=settings.batch_size,
         sampler=sampler,
         num_workers=settings.num_workers,
-        drop_last=len(train_set) > settings.batch_size,
+        pin_memory=device.type == "cuda",
+        persistent_workers=settings.num_workers > 0,
+        drop_last=len(raw) > settings.batch_size,
     )
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A random permutation per epoch from a generator seeded with ``seed * 1000 + epoch``.
+
+    The same draw as ``RandomSampler(generator=torch.Generator().manual_seed(seed * 1000 + epoch))``, but
+    reseeded by :meth:`set_epoch` so one DataLoader (and its persistent workers) serves every epoch.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def _plain_state(state: dict) -> dict:

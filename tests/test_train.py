@@ -167,3 +167,27 @@ def test_train_or_load_reuses_a_finished_run(smoke_runs, monkeypatch, tmp_path):
     longer = config.load_profile("smoke", max_epochs=2)  # not finished for 2 epochs: resumes at epoch 2
     _, _, history = train.train_or_load(longer, prepared, tmp_path, progress=False)
     assert history["epoch"].tolist() == [1, 2]
+
+
+def test_epoch_sampler_draws_what_a_seeded_random_sampler_draws():
+    """One DataLoader serves every epoch, yet each epoch's order is the one a fresh seeded RandomSampler gives."""
+    sampler = train.EpochSampler(50, seed=3)
+    for epoch in (1, 2, 7):
+        sampler.set_epoch(epoch)
+        reference = torch.utils.data.RandomSampler(range(50), generator=torch.Generator().manual_seed(3000 + epoch))
+        assert list(sampler) == list(reference)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    sampler.set_epoch(2)
+    assert list(sampler) != first and sorted(list(sampler)) == list(range(50))
+
+
+def test_raw_pixels_normalised_on_the_device_equal_the_dataset_images():
+    """uint8 items normalised per batch by batch_inputs give the very numbers of the per-item lookup."""
+    train_set, _ = _tiny_sets()
+    loader = torch.utils.data.DataLoader(train_set, batch_size=5)
+    raw_loader = torch.utils.data.DataLoader(train_set.as_raw(), batch_size=5)
+    for ready, raw in zip(loader, raw_loader):
+        assert raw["pixels"].dtype == torch.uint8
+        inputs = data.batch_inputs(raw, torch.device("cpu"), train_set.mean, train_set.std)
+        assert torch.equal(inputs, data.batch_inputs(ready, torch.device("cpu"), train_set.mean, train_set.std))

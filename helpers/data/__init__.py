@@ -21,14 +21,39 @@ from helpers.data.chexpert import (
     read_chexpert_csv,
     split_by_patient,
 )
-from helpers.data.datasets import ChestXrayDataset, to_model_input
-from helpers.data.images import CHEXPERT_PREFIXES, audit_images, load_image, resolve_image_path
-from helpers.data.masks import decode_mask, encode_mask, load_masks, mask_files, mask_stack
+from helpers.data.datasets import ChestXrayDataset, batch_inputs, to_model_input
+from helpers.data.images import (
+    CHEXPERT_PREFIXES,
+    InputGeometry,
+    audit_images,
+    input_geometry,
+    load_image,
+    resolve_image_path,
+)
+from helpers.data.masks import (
+    ACCEPTED_NAMES,
+    CHEXLOCALIZE_NAMES,
+    MaskSet,
+    decode_mask,
+    encode_mask,
+    load_masks,
+    map_mask,
+    mask_files,
+    mask_stack,
+    pathology_name,
+)
 from helpers.data.policy import POLICIES, apply_policy
 from helpers.data.prepared import SPLITS, PreparedData, load_prepared, prepare
 from helpers.io import atomic_path  # re-exported until every caller imports it from helpers.io
 
 __all__ = [
+    "ACCEPTED_NAMES",
+    "CHEXLOCALIZE_NAMES",
+    "InputGeometry",
+    "MaskSet",
+    "input_geometry",
+    "map_mask",
+    "pathology_name",
     "CHEXPERT_PREFIXES",
     "POLICIES",
     "SPLITS",
@@ -38,6 +63,7 @@ __all__ = [
     "apply_policy",
     "atomic_path",
     "audit_images",
+    "batch_inputs",
     "build_image_cache",
     "chexpert_csv_from_torchxrayvision",
     "decode_mask",

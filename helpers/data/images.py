@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,67 @@ def audit_images(frame: pd.DataFrame, root: str | os.PathLike, size: int = 32) -
         except DatasetError as error:
             problems.append({"Path": csv_path, "file": str(file), "problem": str(error).split(":")[0]})
     return pd.DataFrame(problems, columns=["Path", "file", "problem"])
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """The geometry of :func:`load_image`'s transform from a source image to the network input, stated once.
+
+    The whole source is stretched to the output: no crop and no padding, so a non-square radiograph changes
+    its aspect ratio. Because the transform covers the whole field of view, it is the same at every resolution
+    of one picture (a JPEG decoded in draft mode, CheXpert-small, or the original CheXlocalize's masks were
+    drawn on): anything drawn on the source (a mask, a box) is mapped with the same geometry.
+
+    Attributes
+    ----------
+    source : tuple of int
+        ``(h, w)`` of the array the transform is applied to.
+    output : tuple of int
+        ``(h, w)`` of the network input.
+    """
+
+    source: tuple[int, int]
+    output: tuple[int, int]
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """Region of the source that fills the output, as PIL's ``(left, upper, right, lower)``: all of it."""
+        return (0.0, 0.0, float(self.source[1]), float(self.source[0]))
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Output pixels per source pixel, ``(rows, columns)``; they differ on a non-square source."""
+        return (self.output[0] / self.source[0], self.output[1] / self.source[1])
+
+    def apply(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
+        """Resize a PIL image of the source's size onto the output (bilinear for pixels, nearest for masks).
+
+        Raises
+        ------
+        ValueError
+            If ``image`` is not ``source`` in size (its geometry would be another one).
+        """
+        if image.size != (self.source[1], self.source[0]):
+            raise ValueError(f"Image is {image.size[::-1]} (h, w), but this geometry maps a {self.source} source.")
+        return image.resize((self.output[1], self.output[0]), resample, box=self.box)
+
+
+def input_geometry(source: tuple[int, int], size: int) -> InputGeometry:
+    """The transform :func:`load_image` applies to a ``source`` ``(h, w)`` image: the whole of it to ``(size, size)``.
+
+    Parameters
+    ----------
+    source : tuple of int
+        ``(h, w)`` of the image (or of a mask drawn on it, at any resolution).
+    size : int
+        Side of the square network input.
+
+    Raises
+    ------
+    ValueError
+        If a side is not a positive integer.
+    """
+    sides = (*source, size)
+    if len(sides) != 3 or not all(isinstance(side, int | np.integer) and side > 0 for side in sides):
+        raise ValueError(f"input_geometry needs a (h, w) source and a size, positive integers; got {source}, {size}.")
+    return InputGeometry((int(source[0]), int(source[1])), (int(size), int(size)))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from helpers import labels
 from helpers.data.cache import build_image_cache
@@ -22,6 +23,7 @@ from helpers.data.chexpert import (
     split_by_patient,
 )
 from helpers.data.datasets import ChestXrayDataset, to_model_input
+from helpers.data.images import resolve_image_path
 from helpers.data.masks import load_masks, mask_files, mask_stack
 from helpers.data.policy import apply_policy
 from helpers.io import atomic_path
@@ -111,12 +113,44 @@ class PreparedData:
         return ChestXrayDataset(self.images[name], targets, loss_mask, mean, std)
 
     def masks(self, name: str, size: int | None = None) -> np.ndarray:
-        """Ground-truth masks of one split, bool ``(n, 14, size, size)`` (empty where none)."""
-        ids = self.split(name)["image_id"].tolist()
+        """Ground-truth masks of one split, bool ``(n, 14, size, size)`` (empty where none).
+
+        Masks at any resolution (CheXlocalize's are at the original images') go through the transform that
+        made the cached images, and are checked against their image file's size where it can be read. Ids
+        of a masks file that are not in this split are an audited skip (see :func:`load_masks`).
+        """
+        rows = self.split(name)
+        ids = rows["image_id"].tolist()
+        size = size or self.images[name].shape[-1]
+        image_sizes = _ImageFileSizes(self.root, dict(zip(ids, rows["Path"])))
         merged: dict = {}
         for file in mask_files(self.root):
-            merged.update(load_masks(file, ids))  # decode this split's masks only
-        return mask_stack(merged, ids, size or self.images[name].shape[-1])
+            merged.update(load_masks(file, ids, size=size, image_sizes=image_sizes))  # mapped at once: bounded memory
+        return mask_stack(merged, ids, size)
+
+
+class _ImageFileSizes(Mapping):
+    """``{image_id: (h, w)}`` of a split's image files, read lazily from their headers (no decoding).
+
+    A file PIL cannot open (missing, corrupt, DICOM) has no known size: the mask check is then skipped, and
+    the image cache's own audit reports the file.
+    """
+
+    def __init__(self, root: Path, paths: dict[str, str]):
+        self.root, self.paths = root, paths
+
+    def __getitem__(self, image_id: str) -> tuple[int, int]:
+        try:
+            with Image.open(resolve_image_path(self.root, self.paths[image_id])) as image:
+                return image.size[1], image.size[0]
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            raise KeyError(image_id) from error
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 def _has_localisable_finding(rows: pd.DataFrame) -> np.ndarray:

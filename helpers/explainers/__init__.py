@@ -7,7 +7,15 @@ Every ``explain(model, images, pathologies=None, image_ids=None)`` returns a
 :class:`~helpers.heatmaps.HeatmapSet` named after the explainer, with CPU numpy maps.
 """
 
-from helpers.explainers.base import Explainer, available, create, frozen_eval, model_device, register
+from helpers.explainers.base import (
+    Explainer,
+    available,
+    batch_size_for,
+    create,
+    frozen_eval,
+    model_device,
+    register,
+)
 from helpers.explainers.cam import CAM, explain_cam
 from helpers.explainers.cam import METHODS as CAM_METHODS
 from helpers.explainers.gradient import GradientFamily
@@ -23,6 +31,7 @@ __all__ = [
     "LRP",
     "Occlusion",
     "available",
+    "batch_size_for",
     "blurred_baseline",
     "create",
     "explain_cam",

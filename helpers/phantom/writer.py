@@ -38,6 +38,7 @@ def generate(
     min_prevalence: float = 0.0,
     jpeg_quality: int = 95,
     progress: bool = False,
+    height: int | None = None,
 ) -> Path:
     """Write a phantom dataset in the CheXpert-v1.0-small layout and return its folder.
 
@@ -51,7 +52,7 @@ def generate(
     n_images : int
         Rows of ``train.csv`` (frontal views; patients have several studies).
     image_size : int
-        Side of the square images, in pixels.
+        Width of the images, in pixels; also their height unless ``height`` is given.
     seed : int
         Everything (labels, anatomy, noise) follows from it.
     n_valid : int, optional
@@ -62,6 +63,13 @@ def generate(
         Quality of the written JPEGs.
     progress : bool
         Show a progress bar per split.
+    height : int, optional
+        Height of the images, for non-square ones like CheXpert-v1.0-small's (about 320 wide and 390
+        high: ``generate(root, n, 320, height=390)``). Each image is rendered square at the larger side
+        and resized to ``height x image_size`` (bilinear); each mask is resized with it and keeps every
+        pixel its finding contributes to (resized coverage > 0), so masks stay aligned with the image and
+        thin findings keep their masks. The masks' RLE ``size`` is ``[height, image_size]``. Default (or
+        ``height == image_size``): square, with the same files as before the option existed.
 
     Notes
     -----
@@ -70,9 +78,11 @@ def generate(
     """
     root = Path(root)
     n_valid = max(n_images // 5, 1) if n_valid is None else n_valid
-    if n_images < 1 or n_valid < 1 or image_size < 32:
+    height = image_size if height is None else height
+    if n_images < 1 or n_valid < 1 or min(image_size, height) < 32:
         raise ValueError(
-            f"Need n_images >= 1, n_valid >= 1 and image_size >= 32; got {n_images}, {n_valid}, {image_size}."
+            f"Need n_images >= 1, n_valid >= 1 and image_size, height >= 32; "
+            f"got {n_images}, {n_valid}, {image_size}, {height}."
         )
     manifest = {
         "n_images": n_images,
@@ -83,6 +93,8 @@ def generate(
         "jpeg_quality": jpeg_quality,
         "version": VERSION,
     }
+    if height != image_size:  # only then: square phantoms keep their manifest, hence stay reused
+        manifest["height"] = height
     if _existing_manifest(root) == manifest:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +112,7 @@ def _write_dataset(folder: Path, manifest: dict, progress: bool) -> None:
     """Both splits, their CSVs, the masks and (last) the manifest, into the empty ``folder``."""
     rng = np.random.default_rng(manifest["seed"])
     options = {
-        "size": manifest["image_size"],
+        "shape": (manifest.get("height", manifest["image_size"]), manifest["image_size"]),
         "min_prevalence": manifest["min_prevalence"],
         "quality": manifest["jpeg_quality"],
         "progress": progress,
@@ -147,7 +159,7 @@ def _write_split(
     rng: np.random.Generator,
     masks: dict,
     *,
-    size: int,
+    shape: tuple[int, int],
     min_prevalence: float,
     quality: int,
     progress: bool,
@@ -167,7 +179,9 @@ def _write_split(
         batches = tqdm(batches, desc=f"phantom {split}", unit="batch")
     for start, stop in batches:
         rows = slice(start, stop)
-        images, drawn = render({k: v[rows] for k, v in scene.items()}, strength[rows], size)
+        images, drawn = render({k: v[rows] for k, v in scene.items()}, strength[rows], max(shape))
+        if images.shape[1:] != shape:
+            images, drawn = _resize_rendered(images, drawn, shape)
         for row, image, image_masks in zip(range(start, stop), images, drawn):
             first_study = row == 0 or patient[row] != patient[row - 1]
             _save_jpeg(
@@ -187,6 +201,29 @@ def patient_batches(patient: np.ndarray) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def _resize_rendered(images: np.ndarray, masks: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Square renders resized to ``shape = (height, width)``: images ``(n, s, s)`` and masks ``(n, k, s, s)``.
+
+    Images are resized bilinearly (PIL, which widens its kernel when shrinking, so nothing aliases).
+    A mask is resized the same way and keeps every pixel with coverage > 0: the output pixels the
+    finding's pixels contribute to in the resized image, so a thin line keeps a mask after shrinking.
+    Empty masks stay empty without being resized (most are).
+    """
+    resized = np.stack([_resize_float(image, shape) for image in images])
+    resized_masks = np.zeros((*masks.shape[:2], *shape), dtype=bool)
+    for image, finding in zip(*np.nonzero(masks.any(axis=(2, 3)))):
+        resized_masks[image, finding] = _resize_float(masks[image, finding].astype(np.float32), shape) > 0
+    return resized, resized_masks
+
+
+def _resize_float(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    height, width = shape
+    resized = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized, dtype=np.float32)
 
 
 def _metadata(split: str, patient: np.ndarray, study: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:

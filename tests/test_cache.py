@@ -1,0 +1,178 @@
+"""The image cache: parallel decoding into a memory map, audited skips, atomicity and reuse."""
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import data, phantom
+from helpers.data import cache
+
+SIZE = 32
+WORKERS = 2
+
+
+@pytest.fixture
+def phantom_copy(small_phantom, tmp_path):
+    """A writable copy of the session phantom, for tests that break or change it."""
+    return shutil.copytree(small_phantom, tmp_path / "CheXpert-v1.0-small")
+
+
+@pytest.fixture
+def frame(small_phantom):
+    return data.read_chexpert_csv(small_phantom / "train.csv")
+
+
+def sequential(frame, root) -> np.ndarray:
+    """The reference: every file through ``load_image``, one after the other."""
+    return np.stack([data.load_image(data.resolve_image_path(root, p), SIZE) for p in frame["Path"]])
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    return buffer.getvalue()
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_parallel_decode_writes_the_sequential_bytes(small_phantom, frame, tmp_path):
+    expected = sequential(frame, small_phantom)
+    images, kept, skipped = data.build_image_cache(frame, small_phantom, SIZE, tmp_path / "c.npy", workers=WORKERS)
+    assert (tmp_path / "c.npy").read_bytes() == npy_bytes(expected)
+    assert images.dtype == np.uint8 and np.array_equal(images, expected)
+    assert kept["Path"].tolist() == frame["Path"].tolist() and skipped.empty
+    in_memory, _, _ = data.build_image_cache(frame, small_phantom, SIZE, workers=WORKERS)
+    in_process, _, _ = data.build_image_cache(frame, small_phantom, SIZE, workers=1)
+    assert type(in_memory) is np.ndarray and np.array_equal(in_memory, expected)
+    assert np.array_equal(in_process, expected)
+    assert leftovers(tmp_path) == ["c.npy", "c.paths.txt", "c.skipped.csv"]
+
+
+def test_skip_compacts_the_kept_rows_and_raise_names_the_first_bad_file(phantom_copy, tmp_path):
+    frame = data.read_chexpert_csv(phantom_copy / "train.csv")
+    files = [data.resolve_image_path(phantom_copy, p) for p in frame["Path"]]
+    files[3].write_bytes(b"not a jpeg")
+    files[50].unlink()  # in another chunk than row 3, which a worker may finish first
+    with pytest.raises(data.DatasetError, match=f"Corrupt or truncated image: {files[3]}"):
+        data.build_image_cache(frame, phantom_copy, SIZE, tmp_path / "cache" / "c.npy", workers=WORKERS)
+    assert leftovers(tmp_path / "cache") == []
+    images, kept, skipped = data.build_image_cache(
+        frame, phantom_copy, SIZE, tmp_path / "cache" / "c.npy", on_bad="skip", workers=WORKERS
+    )
+    good = frame.drop(index=frame.index[[3, 50]])
+    assert np.array_equal(images, sequential(good, phantom_copy))
+    assert kept["Path"].tolist() == good["Path"].tolist()
+    assert skipped["Path"].tolist() == [frame["Path"].iat[3], frame["Path"].iat[50]]
+    assert "Corrupt" in skipped["problem"].iat[0] and "missing" in skipped["problem"].iat[1]
+    assert leftovers(tmp_path / "cache") == ["c.npy", "c.paths.txt", "c.skipped.csv"]
+
+
+def test_interrupted_decode_leaves_the_old_cache_and_no_temporary_file(phantom_copy, tmp_path, monkeypatch):
+    frame = data.read_chexpert_csv(phantom_copy / "train.csv")
+    target = tmp_path / "cache" / "c.npy"
+    old, _, _ = data.build_image_cache(frame, phantom_copy, SIZE, target, workers=WORKERS)
+    old_bytes = target.read_bytes()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(data.resolve_image_path(phantom_copy, frame["Path"].iat[0]))
+    (tmp_path / "cache" / ".c.npy.killed.tmp").write_bytes(b"left by a killed run")
+    checked_chunks = []
+
+    def interrupt_at_the_second_chunk(problems, on_bad):
+        checked_chunks.append(problems)
+        if len(checked_chunks) == 2:
+            raise KeyboardInterrupt
+        return problems
+
+    monkeypatch.setattr(cache, "_checked", interrupt_at_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        data.build_image_cache(frame, phantom_copy, SIZE, target, workers=WORKERS)
+    assert leftovers(tmp_path / "cache") == [".c.npy.killed.tmp", "c.npy", "c.paths.txt", "c.skipped.csv"]
+    assert target.read_bytes() == old_bytes
+    monkeypatch.undo()
+    images, _, _ = data.build_image_cache(frame, phantom_copy, SIZE, target, workers=WORKERS)
+    assert images[0].max() == 0 and old[0].max() > 0 and np.array_equal(images[1:], old[1:])
+    assert np.array_equal(images, sequential(frame, phantom_copy))
+
+
+def test_failure_in_this_process_leaves_no_temporary_file(small_phantom, frame, tmp_path, monkeypatch):
+    calls = []
+
+    def fail_at_the_fifth_image(path, size):
+        calls.append(path)
+        if len(calls) == 5:
+            raise MemoryError("injected")
+        return np.zeros((size, size), np.uint8)
+
+    monkeypatch.setattr(cache, "load_image", fail_at_the_fifth_image)
+    with pytest.raises(MemoryError, match="injected"):
+        data.build_image_cache(frame, small_phantom, SIZE, tmp_path / "cache" / "c.npy", workers=1)
+    assert leftovers(tmp_path / "cache") == []
+
+
+def test_cache_is_reused_when_unchanged_and_redone_when_a_file_changes(phantom_copy, tmp_path, monkeypatch):
+    frame = data.read_chexpert_csv(phantom_copy / "train.csv").iloc[:12]
+    target = tmp_path / "c.npy"
+    first, _, _ = data.build_image_cache(frame, phantom_copy, SIZE, target, workers=WORKERS)
+    written = target.stat()
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although the cache matches")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "_decode_to_npy", no_decoding)
+        again, kept, _ = data.build_image_cache(frame, phantom_copy, SIZE, target, workers=WORKERS)
+    assert np.array_equal(again, first) and kept["Path"].tolist() == frame["Path"].tolist()
+    assert (target.stat().st_ino, target.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    changed = data.resolve_image_path(phantom_copy, frame["Path"].iat[7])
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(changed)
+    redone, _, _ = data.build_image_cache(frame, phantom_copy, SIZE, target, workers=WORKERS)
+    assert redone[7].min() == 255 and first[7].min() < 255
+    assert np.array_equal(np.delete(redone, 7, axis=0), np.delete(first, 7, axis=0))
+
+
+def test_worker_count_from_argument_environment_or_cores(monkeypatch):
+    monkeypatch.delenv(cache.WORKERS_VARIABLE, raising=False)
+    assert cache.decode_workers() == (os.cpu_count() or 1)
+    monkeypatch.setenv(cache.WORKERS_VARIABLE, "3")
+    assert cache.decode_workers() == 3 and cache.decode_workers(2) == 2
+    monkeypatch.setenv(cache.WORKERS_VARIABLE, "many")
+    with pytest.raises(ValueError, match="CHEXPLAIN_DECODE_WORKERS must be a whole number >= 1.*'many'"):
+        cache.decode_workers()
+    with pytest.raises(ValueError, match="workers must be a whole number >= 1"):
+        cache.decode_workers(0)
+
+
+def test_non_square_phantom_resizes_images_and_masks_together(tmp_path):
+    """A 40 x 52 (portrait) phantom is the 52 px square one resized: same rows, images and masks aligned."""
+    square = phantom.generate(tmp_path / "square", 10, 52, seed=4, n_valid=2, min_prevalence=0.3)
+    portrait = phantom.generate(tmp_path / "portrait", 10, 40, seed=4, n_valid=2, min_prevalence=0.3, height=52)
+    assert json.loads((portrait / phantom.MANIFEST).read_text())["height"] == 52
+    assert "height" not in json.loads((square / phantom.MANIFEST).read_text())
+    frame = data.read_chexpert_csv(portrait / "train.csv")
+    assert frame.equals(data.read_chexpert_csv(square / "train.csv"))
+    for csv_path in frame["Path"]:
+        with Image.open(data.resolve_image_path(portrait, csv_path)) as image:
+            assert image.size == (40, 52)
+            written = np.asarray(image, dtype=float)
+        with Image.open(data.resolve_image_path(square, csv_path)) as image:
+            resized = np.asarray(image.resize((40, 52), Image.Resampling.BILINEAR), dtype=float)
+        assert np.abs(written - resized).mean() < 3, "the image is the square render resized (JPEG noise aside)"
+    square_rle, portrait_rle = (json.loads((f / "gt_segmentations.json").read_text()) for f in (square, portrait))
+    drawn = 0
+    for image_id, findings in portrait_rle.items():
+        for name, rle in findings.items():
+            mask = data.decode_mask(rle)
+            assert rle["size"] == [52, 40] and mask.shape == (52, 40)
+            square_mask = data.decode_mask(square_rle[image_id][name]).astype(np.float32)
+            coverage = Image.fromarray(square_mask).resize((40, 52), Image.Resampling.BILINEAR)
+            assert np.array_equal(mask, np.asarray(coverage) > 0), (image_id, name)
+            drawn += mask.any()
+    assert drawn > 10
+    images, _, _ = data.build_image_cache(frame, portrait, SIZE, workers=WORKERS)
+    assert np.array_equal(images, sequential(frame, portrait))
