@@ -6,7 +6,8 @@ cores, and once more on all cores without a cache file (the array returned in me
 prints images/s, the parent's peak resident memory (sampled, and the rise above what it held before)
 against the final array's size (target: <= 1.2x), the worker processes' own peak memory, and the time
 projected for CheXpert-small's 191,027 frontal training images. The JPEGs are read once untimed first,
-so both timed runs find them in the page cache.
+so both timed runs find them in the page cache, and the workers' one-off start (a fork server that
+imports numpy, PIL and torch) is timed apart.
 
 Run: ``python benchmarks/bench_prepare.py`` (20,000 images; writing the phantom takes a while the first
 time) or ``--n 2000`` for a quick check.
@@ -42,10 +43,15 @@ MIB = 2**20
 
 class MemorySampler:
     """Peak resident memory of this process and of its descendants (fork server, workers), sampled
-    every ``interval`` seconds in a thread while the ``with`` block runs."""
+    every ``interval`` seconds in a thread while the ``with`` block runs.
 
-    def __init__(self, interval: float = 0.02):
+    The list of descendants is refreshed only every ``refresh`` seconds: finding them reads every
+    process's ``/proc`` entry, which would otherwise take a noticeable share of a core from the workers.
+    """
+
+    def __init__(self, interval: float = 0.02, refresh: float = 0.5):
         self.interval = interval
+        self.refresh = refresh
         self.process = psutil.Process()
 
     def __enter__(self) -> MemorySampler:
@@ -63,10 +69,13 @@ class MemorySampler:
         self._thread.join()
 
     def _sample(self) -> None:
+        descendants, listed_at = [], -float("inf")
         while not self._stop.is_set():
+            if time.monotonic() - listed_at > self.refresh:
+                descendants, listed_at = self.process.children(recursive=True), time.monotonic()
             self.parent_peak = max(self.parent_peak, self.process.memory_info().rss)
             sizes = []
-            for child in self.process.children(recursive=True):
+            for child in descendants:
                 try:
                     sizes.append(child.memory_info().rss)
                 except psutil.Error:  # a worker that just exited
@@ -157,6 +166,12 @@ def main() -> None:
     frame = data.read_chexpert_csv(root / "train.csv")
     read_all_files(frame, root)
     parallel = decode_workers(args.workers)
+    start = time.perf_counter()  # the first pool starts the fork server, which imports numpy, PIL and torch
+    data.build_image_cache(frame.iloc[: 2 * parallel], root, args.size, workers=parallel)
+    print(
+        f"starting {parallel} workers the first time (fork server, imports), untimed below: "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     results = []
     with tempfile.TemporaryDirectory(dir=args.dir) as caches:
         for workers in dict.fromkeys([1, parallel]):  # once when there is one core

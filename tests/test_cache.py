@@ -176,3 +176,17 @@ def test_non_square_phantom_resizes_images_and_masks_together(tmp_path):
     assert drawn > 10
     images, _, _ = data.build_image_cache(frame, portrait, SIZE, workers=WORKERS)
     assert np.array_equal(images, sequential(frame, portrait))
+
+
+def test_small_jobs_decode_in_this_process_unless_a_count_is_set(small_phantom, frame, monkeypatch):
+    def no_pool(workers):
+        raise AssertionError(f"started {workers} worker processes")
+
+    monkeypatch.setattr(cache, "_process_pool", no_pool)
+    monkeypatch.delenv(cache.WORKERS_VARIABLE, raising=False)
+    assert len(frame) < cache.PARALLEL_MIN_ROWS
+    images, _, _ = data.build_image_cache(frame, small_phantom, SIZE)
+    assert np.array_equal(images, sequential(frame, small_phantom))
+    monkeypatch.setenv(cache.WORKERS_VARIABLE, "2")
+    with pytest.raises(AssertionError, match="started 2 worker processes"):
+        data.build_image_cache(frame, small_phantom, SIZE)

@@ -1,7 +1,8 @@
 """Read, validate and serve CheXpert-format data (real CheXpert or the phantom, same layout).
 
 The flow is: :func:`read_chexpert_csv` (validated labels) -> :func:`frontal_only` ->
-:func:`split_by_patient` -> :func:`build_image_cache` (every image decoded once, in the main process)
+:func:`split_by_patient` -> :func:`build_image_cache` (every image decoded once, in parallel, into a
+memory-mapped cache)
 -> :class:`ChestXrayDataset` (pure array indexing, so no DataLoader worker ever decodes a file).
 :func:`prepare` runs that flow for a dataset folder and :func:`load_prepared` reads its result back.
 
@@ -24,9 +25,11 @@ from helpers.data.chexpert import (
 from helpers.data.datasets import ChestXrayDataset, batch_inputs, to_model_input
 from helpers.data.images import (
     CHEXPERT_PREFIXES,
+    DICOM_SUFFIXES,
     InputGeometry,
     audit_images,
     input_geometry,
+    is_dicom,
     load_image,
     resolve_image_path,
 )
@@ -49,7 +52,9 @@ from helpers.io import atomic_path  # re-exported until every caller imports it 
 __all__ = [
     "ACCEPTED_NAMES",
     "CHEXLOCALIZE_NAMES",
+    "DICOM_SUFFIXES",
     "InputGeometry",
+    "is_dicom",
     "MaskSet",
     "input_geometry",
     "map_mask",

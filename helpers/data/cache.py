@@ -33,6 +33,9 @@ WORKERS_VARIABLE = "CHEXPLAIN_DECODE_WORKERS"
 #: Most rows one task decodes: enough to amortise a task's overhead, few enough that an interrupt
 #: waits only for short tasks and that the cores stay balanced to the end.
 MAX_CHUNK_ROWS = 256
+#: By default, fewer rows than this are decoded in this process: starting the workers (a fork server
+#: that imports numpy, PIL and torch) takes seconds, as long as decoding about a thousand images.
+PARALLEL_MIN_ROWS = 1000
 #: Tasks per worker when rows are few, so one slow chunk does not leave the other cores idle.
 CHUNKS_PER_WORKER = 4
 
@@ -65,7 +68,8 @@ def build_image_cache(
         in the returned audit table (an audited skip).
     workers : int, optional
         Decoding processes; default the environment variable ``CHEXPLAIN_DECODE_WORKERS``, else
-        ``os.cpu_count()``. With 1 the images are decoded in this process.
+        ``os.cpu_count()`` for :data:`PARALLEL_MIN_ROWS` rows or more and 1 below. With 1 the images are
+        decoded in this process.
 
     Returns
     -------
@@ -88,12 +92,12 @@ def build_image_cache(
     """
     if on_bad not in ("raise", "skip"):
         raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}.")
-    workers = decode_workers(workers)
     fingerprint = _source_fingerprint(frame, root)
     cached = _read_cache(cache_file, frame, size, fingerprint)
     if cached is not None:
         return cached
     files = [str(resolve_image_path(root, csv_path)) for csv_path in frame["Path"]]
+    workers = _processes_for(len(files), workers)
     if cache_file is None:
         with tempfile.TemporaryDirectory(prefix="chexplain-decode-") as folder:
             npy = Path(folder) / "images.npy"
@@ -123,6 +127,13 @@ def decode_workers(workers: int | None = None) -> int:
     if setting:
         return _process_count(setting, f"The environment variable {WORKERS_VARIABLE}")
     return os.cpu_count() or 1
+
+
+def _processes_for(n_rows: int, workers: int | None) -> int:
+    """:func:`decode_workers`, but 1 for a small job unless a count was set (argument or environment)."""
+    count = decode_workers(workers)
+    chosen = workers is not None or os.environ.get(WORKERS_VARIABLE, "").strip()
+    return count if chosen or n_rows >= PARALLEL_MIN_ROWS else 1
 
 
 def _process_count(value, name: str) -> int:
@@ -200,12 +211,16 @@ def _decode_rows(npy, offset: int, files: list[str], size: int, on_bad: str, wor
 
 def _worker_context() -> multiprocessing.context.BaseContext:
     """``forkserver`` (``spawn`` where it does not exist): forking this process is unsafe once torch runs
-    threads here. The fork server imports this module (hence numpy, PIL and torch) once, before the first
-    pool: workers fork from it ready, instead of each importing for seconds."""
+    threads here.
+
+    The fork server imports the main script and this module (hence numpy, PIL, pandas and torch) once,
+    when it starts; workers fork from it ready. Without that, every worker of every pool would import
+    them again (multiprocessing imports the main script in each worker): seconds per pool.
+    """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # no effect once a fork server runs: then workers import it
+    context.set_forkserver_preload(["__main__", __name__])  # no effect once a fork server runs
     return context
 
 

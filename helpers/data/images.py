@@ -1,4 +1,4 @@
-"""Find and decode radiographs (grayscale, RGB, 16-bit) into square uint8 arrays."""
+"""Find and decode radiographs (grayscale, RGB, 16-bit pictures and DICOM) into square uint8 arrays."""
 
 from __future__ import annotations
 
@@ -14,6 +14,23 @@ from helpers.data.chexpert import DatasetError
 
 #: Folder names CheXpert's ``Path`` column starts with; stripped to resolve paths against the root.
 CHEXPERT_PREFIXES = ("CheXpert-v1.0-small", "CheXpert-v1.0")
+#: How a user gets past a bad image without repairing it; ends every image error message.
+_DROP_ROW_HINT = "drop its row (build_image_cache(..., on_bad='skip') does that and lists it)"
+#: Name endings that mark a file as DICOM even without the 128-byte preamble and ``DICM`` prefix.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+#: Where the ``DICM`` prefix sits: after the 128-byte preamble of a DICOM Part 10 file.
+_DICOM_PREFIX_OFFSET = 128
+_DICOM_PREFIX = b"DICM"
+#: Photometric interpretations :func:`load_image` renders (pydicom hands YBR data over as RGB).
+_DICOM_GRAY = ("MONOCHROME1", "MONOCHROME2")
+_DICOM_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+_PIXEL_DATA_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: Uncompressed transfer syntax UIDs by pydicom's ``original_encoding`` (implicit VR, little endian).
+_NATIVE_SYNTAX_BY_ENCODING = {
+    (True, True): "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    (False, True): "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    (False, False): "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+}
 
 
 def resolve_image_path(root: str | os.PathLike, csv_path: str) -> Path:
@@ -31,42 +48,232 @@ def resolve_image_path(root: str | os.PathLike, csv_path: str) -> Path:
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """Decode one radiograph to a ``(size, size)`` uint8 grayscale array.
 
-    Grayscale, RGB(A) and 16-bit (``I;16`` / ``I``) files are accepted; 16-bit ones are scaled by
-    their type's range. The image is resized to a square, as the network input is square.
+    Grayscale, RGB(A) and 16-bit (``I;16`` / ``I``) pictures are accepted; 16-bit ones are scaled by
+    their type's range. DICOM files (see :func:`is_dicom`) are read with pydicom and rendered as a viewer
+    shows them (see Notes). The image is resized to a square, as the network input is square.
 
     Raises
     ------
     DatasetError
-        If the file is missing, truncated or not an image; the message names the file.
+        If the file is missing, truncated, not an image, or DICOM that cannot be decoded here; the
+        message names the file (and, for compressed DICOM, the package that would decode it).
+
+    Notes
+    -----
+    A monochrome DICOM image goes through pydicom's display pipeline at full resolution: the modality LUT
+    (or rescale slope and intercept), then the VOI LUT, else the first window centre and width (its
+    LINEAR / LINEAR_EXACT / SIGMOID function included), else nothing. The output range of that VOI step
+    (the window's or LUT's black and white; the image's own minimum and maximum when there is no VOI)
+    is scaled to 0-255, and MONOCHROME1 (where low values are white) is inverted, so bone is always
+    bright. A Presentation LUT is not applied. RGB and YBR images are converted to luminance. Only
+    single-frame images are read.
     """
     path = Path(path)
     try:
+        gray = _read_dicom(path) if is_dicom(path) else _read_picture(path, size)
+    except FileNotFoundError as error:
+        raise DatasetError(f"Image file missing: {path}. Restore it, or {_DROP_ROW_HINT}.") from error
+    except OSError as error:  # a folder, or a file this user may not read: nothing to decode
+        raise DatasetError(f"Unreadable image file: {path} ({error}). Fix it, or {_DROP_ROW_HINT}.") from error
+    return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _read_picture(path: Path, size: int) -> Image.Image:
+    """A JPEG, PNG or any other picture PIL reads, as an ``L`` image (JPEGs at a reduced scale near ``size``)."""
+    try:
         with Image.open(path) as image:
             image.draft("L", (size, size))  # JPEG: decode at reduced scale, much faster
-            gray = _to_gray_uint8(image)
-    except FileNotFoundError as error:
-        raise DatasetError(
-            f"Image file missing: {path}. Restore it, or drop its row "
-            f"(build_image_cache(..., on_bad='skip') does that and lists it)."
-        ) from error
+            return _to_gray_uint8(image)
+    except FileNotFoundError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(
-            f"Corrupt or truncated image: {path} ({error}). Re-download it, or drop its "
-            f"row (build_image_cache(..., on_bad='skip') does that and lists it)."
+            f"Corrupt or truncated image: {path} ({error}). Re-download it, or {_DROP_ROW_HINT}."
         ) from error
-    return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def _to_gray_uint8(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        return Image.fromarray(_scale_to_uint8(array, 0.0, top))
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        span = max(array.max() - array.min(), 1e-12)
-        return Image.fromarray(((array - array.min()) / span * 255.0 + 0.5).astype(np.uint8))
+        return Image.fromarray(_scale_to_uint8(array, array.min(), array.max()))
     return image.convert("L")
+
+
+def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``[low, high]`` linearly onto ``[0, 255]`` (rounded, values outside clipped) as uint8.
+
+    A flat range (``high <= low``) is not divided by: ``low`` becomes black and anything above it white.
+    """
+    span = max(float(high) - float(low), 1e-12)
+    return np.clip((np.asarray(values, dtype=np.float64) - low) / span * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """Whether :func:`load_image` reads ``path`` as DICOM.
+
+    It does when the file starts like DICOM Part 10 (a 128-byte preamble, then ``DICM``), or when its name
+    ends in one of :data:`DICOM_SUFFIXES` (for files written without that header).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    """
+    return _has_dicom_prefix(path) or Path(path).suffix.lower() in DICOM_SUFFIXES
+
+
+def _has_dicom_prefix(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as file:
+        header = file.read(_DICOM_PREFIX_OFFSET + len(_DICOM_PREFIX))
+    return header[_DICOM_PREFIX_OFFSET:] == _DICOM_PREFIX
+
+
+def _read_dicom(path: Path) -> Image.Image:
+    """A DICOM file's image rendered for display (see :func:`load_image`), as an ``L`` image at full size."""
+    dataset = _read_dataset(path)
+    syntax = _check_decodable(dataset, path)
+    try:
+        gray = _render_gray(dataset.pixel_array, dataset)
+    except MemoryError:
+        raise  # a large image on a small machine is not a corrupt file
+    except Exception as error:  # pydicom signals bad pixel data with many types (ValueError, KeyError, ...)
+        raise DatasetError(
+            f"Corrupt or truncated DICOM: {path} ({_first_line(error)}).{_other_decoders(syntax)} "
+            f"Re-export or re-download it, or {_DROP_ROW_HINT}."
+        ) from error
+    return Image.fromarray(gray)
+
+
+def _read_dataset(path: Path):
+    """The file's ``pydicom.Dataset``, read whether or not it has the DICOM Part 10 header.
+
+    A file without the ``DICM`` prefix got here because its name says DICOM, so pydicom is forced past the
+    missing header; a file that is not DICOM after all then fails :func:`_check_decodable` with a clear error.
+    """
+    # Imported here, not at the top: importing pydicom takes most of a second, which JPEG-only datasets
+    # (and every decoding worker) would otherwise pay.
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path, force=not _has_dicom_prefix(path))
+    except Exception as error:  # pydicom signals a broken header with many types (EOFError, struct.error, ...)
+        raise DatasetError(
+            f"Corrupt or truncated DICOM header: {path} ({_first_line(error)}). Re-export or re-download it, "
+            f"or {_DROP_ROW_HINT}."
+        ) from error
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        # A bare dataset (no file meta) can only hold uncompressed pixels, encoded as pydicom just read them.
+        dataset.file_meta.TransferSyntaxUID = _NATIVE_SYNTAX_BY_ENCODING.get(dataset.original_encoding)
+    return dataset
+
+
+def _check_decodable(dataset, path: Path):
+    """Refuse, with the fix, what pydicom cannot decode here; the transfer syntax (None when not stated).
+
+    Raises
+    ------
+    DatasetError
+        No pixel data, several frames, an unsupported photometric interpretation, a transfer syntax with
+        no pydicom decoder, or one whose decoder plugin is not installed (naming the packages that provide it).
+    """
+    from pydicom.pixels import get_decoder
+
+    if not any(name in dataset for name in _PIXEL_DATA_ELEMENTS):
+        raise DatasetError(
+            f"DICOM without pixel data: {path} holds no image (a report, a presentation state, a file cut "
+            f"short, or not DICOM at all). Point the CSV at the image itself, or {_DROP_ROW_HINT}."
+        )
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
+    if frames > 1 or photometric not in _DICOM_GRAY + _DICOM_COLOUR:
+        raise DatasetError(
+            f"Unsupported DICOM image: {path} has {frames} frame(s) in {photometric or 'no'} photometric "
+            f"interpretation; load_image reads single-frame {', '.join(_DICOM_GRAY + _DICOM_COLOUR)}. "
+            f"Export the radiograph as such, or {_DROP_ROW_HINT}."
+        )
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:
+        return None  # decoding reports the missing transfer syntax as corruption
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as error:
+        raise DatasetError(
+            f"Unsupported DICOM transfer syntax: {path} is stored as {_syntax_label(syntax)}, which pydicom "
+            f"cannot decode. Convert it to uncompressed DICOM (e.g. `gdcmconv --raw`), "
+            f"or {_DROP_ROW_HINT}."
+        ) from error
+    if not decoder.is_available:
+        raise DatasetError(
+            f"DICOM decoder missing: {path} holds {_syntax_label(syntax)} pixel data, and no installed "
+            f"package decodes it. Install one of: {_decoder_packages(decoder)}; or convert the file to "
+            f"uncompressed DICOM, or {_DROP_ROW_HINT}."
+        )
+    return syntax
+
+
+def _syntax_label(syntax) -> str:
+    """``JPEG Lossless ... (1.2.840.10008.1.2.4.70)``; pydicom names an unknown UID by the UID itself."""
+    return f"{syntax.name} ({syntax})" if syntax.name != syntax else f"the unknown transfer syntax {syntax}"
+
+
+def _decoder_packages(decoder) -> str:
+    """pydicom's own list of the plugins it lacks for ``decoder`` and the packages each needs, on one line."""
+    packages = "; ".join(decoder.missing_dependencies)
+    # pydicom names gdcm by its import name; pip knows it as python-gdcm.
+    return packages + (" (pip install python-gdcm for gdcm)" if "gdcm" in packages else "")
+
+
+def _other_decoders(syntax) -> str:
+    """For compressed data that failed to decode: the decoders not installed, which may succeed."""
+    from pydicom.pixels import get_decoder
+
+    if syntax is None or not syntax.is_compressed:
+        return ""
+    decoder = get_decoder(syntax)
+    if not decoder.missing_dependencies:
+        return ""
+    return f" If the file is sound, another decoder may read it: {_decoder_packages(decoder)}."
+
+
+def _render_gray(pixels: np.ndarray, dataset) -> np.ndarray:
+    """Stored pixel values as the uint8 gray levels a viewer shows (see :func:`load_image`)."""
+    from pydicom.pixels import apply_modality_lut
+
+    if dataset.PhotometricInterpretation in _DICOM_COLOUR:
+        return np.asarray(Image.fromarray(pixels).convert("L"))
+    shown, black, white = _apply_voi(apply_modality_lut(pixels, dataset), dataset)
+    gray = _scale_to_uint8(shown, black, white)
+    return 255 - gray if dataset.PhotometricInterpretation == "MONOCHROME1" else gray
+
+
+def _apply_voi(values: np.ndarray, dataset) -> tuple[np.ndarray, float, float]:
+    """The VOI step as pydicom applies it (the LUT, else the first window) and the values it shows as black and white.
+
+    Black and white are the LUT's smallest and largest entry, the window's output range, or without either
+    the image's own range.
+    """
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    lut = dataset.VOILUTSequence[0] if dataset.get("VOILUTSequence") else None
+    if lut is not None and "LUTDescriptor" in lut and "LUTData" in lut:
+        entries, first, _ = lut.LUTDescriptor
+        outputs = apply_voi(np.arange(first, first + (entries or 2**16)), dataset)  # every entry of the LUT
+        # The modality step may give floats; the LUT is indexed by integers.
+        return apply_voi(np.rint(values).astype(np.int64), dataset), outputs.min(), outputs.max()
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        # The window sends everything below it to its black and above it to its white (SIGMOID: in the limit).
+        black, white = apply_windowing(np.array([-np.inf, np.inf]), dataset)
+        return apply_windowing(values, dataset), black, white
+    return values, values.min(), values.max()
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's message, first line only (pydicom's run over several), for an error that quotes it."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def audit_images(frame: pd.DataFrame, root: str | os.PathLike, size: int = 32) -> pd.DataFrame:
