@@ -101,20 +101,13 @@ def notebook_01(run: Run, timer: Timer, args) -> None:
     if not args.data:
         with timer.step("01", "phantom written (not part of a real run)", args.n_train + args.n_valid):
             phantom.generate(
-                root, args.n_train, args.width, seed=0, n_valid=args.n_valid, min_prevalence=0.1, **_shape(args)
+                root, args.n_train, args.width, seed=0, n_valid=args.n_valid, min_prevalence=0.1, height=args.height
             )
     os.environ[config.CHEXPERT_ROOT_ENV] = str(root)
     rows = sum(len(pd.read_csv(os.path.join(root, f"{split}.csv"))) for split in ("train", "valid"))
     with timer.step("01", "validate + decode into the cache", rows):
         prepared = run.prepare(progress=False)
     print(prepared.summary().to_string())
-
-
-def _shape(args) -> dict:
-    """The phantom's non-square option, where this version of the phantom has it."""
-    import inspect
-
-    return {"height": args.height} if "height" in inspect.signature(phantom.generate).parameters else {}
 
 
 def notebook_02(run: Run, timer: Timer) -> None:
