@@ -5,9 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= default
+# extra papermill arguments for every notebook, e.g. PARAMS='-p n_sanity 4'
+PARAMS ?=
+# the seed runs leave out the costliest baselines (SmoothGrad, Integrated Gradients): the headline comparisons
+# (methods against the prior, LRP against Grad-CAM) do not need them
+SEED_PARAMS ?= -y '{gradient_methods: [gradient, gradient_x_input]}'
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install run publish test unit lint format lab bench bench-gpu clean
+.PHONY: help install run seeds results publish test unit lint format lab bench bench-gpu clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -25,8 +30,16 @@ run: $(STAMP) ## Run the notebooks in order (PROFILE=default); everything lands 
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
 	  CHEXPLAIN_PROFILE=$(PROFILE) $(BIN)/papermill --cwd notebooks --progress-bar $$nb \
-	    runs/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE); \
+	    runs/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE) $(PARAMS); \
 	done
+
+seeds: $(STAMP) ## The study over training seeds: default-seed1 and -seed2 beside `make run`'s default, then the seed table
+	@test -f runs/$(PROFILE)/metrics/summary.csv || { echo "No runs/$(PROFILE)/metrics/summary.csv: run 'make run' first."; exit 1; }
+	set -e; for seed in 1 2; do $(MAKE) run PROFILE=$(PROFILE)-seed$$seed PARAMS="$(SEED_PARAMS)"; done
+	$(BIN)/python -m helpers.report seeds $(PROFILE) $(PROFILE)-seed1 $(PROFILE)-seed2
+
+results: $(STAMP) ## Write the README's results block from the default run's tables (a person decides when)
+	$(BIN)/python -m helpers.report readme default README.md
 
 publish: ## Copy the default run's figures and tables into the committed figures/ (a person decides when)
 	@test -d runs/default/figures || { echo "No runs/default/figures: run 'make run' first."; exit 1; }

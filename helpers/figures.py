@@ -251,20 +251,38 @@ def plot_metric_by_pathology(
     return fig
 
 
-def plot_randomisation(scores: pd.DataFrame, stages: Sequence[str], threshold: float = 0.5) -> plt.Figure:
-    """Cascading randomisation: mean rank correlation with the trained maps per stage, one line per method."""
+def plot_randomisation(
+    outcome: pd.DataFrame,
+    stages: Sequence[str],
+    similarities: Sequence[str] = ("spearman", "spearman_abs", "ssim_abs", "hog"),
+    threshold: float = 0.5,
+) -> plt.Figure:
+    """Model randomisation per stage: mean similarity to the trained maps (+- one standard deviation over maps),
+    one line per method; a row of panels per mode (cascading, independent), a column per similarity.
+
+    ``outcome`` is :func:`helpers.metrics.sanity_outcome`'s table (columns ``method, mode, stage, similarity,
+    mean, std``).
+    """
+    modes = [m for m in ("cascading", "independent") if m in set(outcome["mode"])]
     with paper_style():
-        fig, ax = plt.subplots(figsize=(ONE_COLUMN, 2.2))
-        metric_order = [f"randomised_{s}" for s in stages]
-        means = scores[scores["metric"].isin(metric_order)].groupby(["method", "metric"])["value"].mean()
-        for method, series in means.groupby(level="method"):
-            values = series.droplevel("method").reindex(metric_order)
-            ax.plot(range(len(stages)), values, marker="o", markersize=2.5, linewidth=0.9, label=method)
-        ax.axhline(threshold, linestyle="--", color="0.5", linewidth=0.7)
-        ax.set_xticks(range(len(stages)), [f"+{s}" for s in stages], rotation=30, ha="right")
-        ax.set_ylabel("rank correlation with trained maps")
-        ax.set_xlabel("layers randomised (cumulative, from the output)")
-        ax.legend(frameon=False, fontsize=5)
+        fig, axes = plt.subplots(
+            len(modes), len(similarities), figsize=(TWO_COLUMN, 1.7 * len(modes)), sharey=True, squeeze=False
+        )
+        for row, mode in enumerate(modes):
+            for col, similarity in enumerate(similarities):
+                ax = axes[row, col]
+                chosen = outcome[(outcome["mode"] == mode) & (outcome["similarity"] == similarity)]
+                for method, group in chosen.groupby("method", sort=False):
+                    group = group.set_index("stage").reindex(list(stages))
+                    ax.errorbar(
+                        range(len(stages)), group["mean"], yerr=group["std"], marker="o", markersize=2,
+                        linewidth=0.8, elinewidth=0.5, capsize=1, label=method,
+                    )  # fmt: skip
+                ax.axhline(threshold, linestyle="--", color="0.5", linewidth=0.7)
+                ax.set_xticks(range(len(stages)), list(stages), rotation=40, ha="right")
+                ax.set_title(f"{mode}: {similarity}")
+        axes[0, 0].set_ylabel("similarity to trained maps")
+        axes[0, 0].legend(frameon=False, fontsize=5)
         fig.tight_layout(pad=0.3)
     return fig
 

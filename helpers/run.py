@@ -9,6 +9,7 @@ naming the notebook that makes it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -188,19 +189,32 @@ class Run:
         self._loaded["model"] = (model, meta)
         return model, meta, history
 
+    def shuffled_label_model(self, epochs: int, progress: bool = True) -> tuple[nn.Module, dict]:
+        """The profile's network trained for ``epochs`` on permuted training labels (Adebayo et al.'s data
+        randomisation test), trained once into ``model_shuffled/`` and loaded afterwards; on :attr:`device`."""
+        settings = dataclasses.replace(self.profile.train, max_epochs=epochs, patience=epochs)
+        profile = dataclasses.replace(self.profile, train=settings)
+        model, meta, _ = train.train_or_load(
+            profile, self.data(), self.folder("model_shuffled"), progress=progress, shuffle_labels=True
+        )
+        return model.to(self.device).eval(), meta
+
     def model(self) -> tuple[nn.Module, dict]:
         """The trained model (best checkpoint) on :attr:`device`, in eval mode, and its metadata."""
         return self._once("model", lambda: train.load_trained(self.profile, self.model_dir, device=self.device))
 
     def explained(self) -> ExplainedBatch:
-        """The test images every explainer explains: ``n_explain`` images with a positive localisable finding,
-        sampled across patients with the profile's seed."""
+        """The test images every explainer explains: at least ``n_explain`` images with a positive localisable
+        finding, sampled across patients with the profile's seed, and more until every localisable finding has
+        ``min_positives`` positive images (or all the split has)."""
         return self._once("explained", self._explained_batch)
 
     def _explained_batch(self) -> ExplainedBatch:
         prepared, (_, meta) = self.data(), self.model()
         test = prepared.split("test")
-        rows = prepared.sample_rows("test", self.profile.n_explain, seed=self.profile.seed)
+        rows = prepared.sample_rows(
+            "test", self.profile.n_explain, seed=self.profile.seed, min_positives=self.profile.min_positives
+        )
         chosen = test.iloc[rows]
         return ExplainedBatch(
             rows,
@@ -212,6 +226,30 @@ class Run:
             prepared.masks("test")[rows],
         )
 
+    def counterfactuals(self, pairs: Sequence[tuple[int, str]]) -> torch.Tensor:
+        """Network inputs ``(len(pairs), 3, H, W)``: each pair's explained image rendered again without that
+        pair's finding (phantom profiles only: real radiographs have no counterfactual).
+
+        Raises
+        ------
+        ValueError
+            For a profile whose data is not a phantom, or a phantom written at another size than the cache.
+        """
+        if self.profile.data_source != "phantom":
+            raise ValueError(
+                f"Profile {self.profile.name!r} reads real data: counterfactual renders exist only for the phantom."
+            )
+        from helpers import phantom  # the run owns the phantom; data never generates it
+
+        batch, meta = self.explained(), self.model()[1]
+        rendered = phantom.render_without(self.data_root, [batch.image_ids[i] for i, _ in pairs], [p for _, p in pairs])
+        if not np.array_equal(rendered.factual, batch.images[[i for i, _ in pairs]]):
+            raise ValueError(
+                f"The phantom at {self.data_root} renders other pixels than the cached images (another image size or "
+                f"version): rerun notebook 01 with profile {self.profile.name!r}."
+            )
+        return data.to_model_input(torch.from_numpy(rendered.counterfactual), meta["mean"], meta["std"])
+
     def explainer(self, name: str, **overrides) -> explainers.Explainer:
         """The registered explainer ``name`` set up for this run's model: its input normalisation and, on a GPU,
         a batch size chosen for the device's free memory (unless ``batch_size`` is given)."""
@@ -220,7 +258,30 @@ class Run:
             explainer.batch_size = explainers.batch_size_for(self.device, self.profile.image_size, explainer.batch_size)
         meta = self.model()[1]
         explainer.normalisation = (tuple(meta["mean"]), tuple(meta["std"]))  # the model's, not ImageNet's default
+        if isinstance(explainer, explainers.PriorMap) and explainer.prior is None:
+            explainer.prior = self.finding_prior()
         return explainer
+
+    def finding_prior(self) -> np.ndarray:
+        """Float32 ``(14, H, W)``: each pathology's mean ground-truth mask over the training split (the prior
+        baseline), or over the validation split where the training split has no masks (CheXlocalize's real masks
+        exist for validation and test images only). Cached in the run folder."""
+        path = self.folder("baselines") / f"prior_{self.profile.image_size}.npy"
+        if path.is_file():
+            return np.load(path)
+        prepared = self.data()
+        masks = prepared.masks("train")
+        if not masks.any():
+            masks = prepared.masks("val")
+        if not masks.any():
+            raise FileNotFoundError(
+                f"No ground-truth masks in the training or validation split of {self.data_root}: the prior "
+                f"baseline needs them (phantom profiles always have them; for CheXpert add CheXlocalize's JSON)."
+            )
+        prior = masks.mean(axis=0, dtype=np.float32)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # np.save would append .npy to a bare path
+            np.save(handle, prior)
+        return prior
 
     def explain(self, explainer: str | explainers.Explainer, **overrides) -> HeatmapSet:
         """Explain the :meth:`explained` batch with an explainer (or a registered name) and save the result."""

@@ -15,6 +15,7 @@ import argparse
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +191,7 @@ def fit(
     network = nn.parallel.DistributedDataParallel(model) if _distributed() else model
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     val_targets, val_mask = val_set.targets, val_set.loss_mask
-    loader = _train_loader(train_set, settings, profile.seed, device)
+    loader = _train_loader(train_set, settings, config.training_seed(profile), device)
     feed = (device, train_set.mean, train_set.std)
     for epoch in range(state["epoch"] + 1, settings.max_epochs + 1):
         if state["stale"] >= settings.patience:
@@ -322,7 +323,7 @@ def _restore(path: Path, model, optimizer, scheduler, profile: Profile) -> dict:
 
 
 def train_or_load(
-    profile: Profile, prepared, model_dir: str | os.PathLike, progress: bool = True
+    profile: Profile, prepared, model_dir: str | os.PathLike, progress: bool = True, shuffle_labels: bool = False
 ) -> tuple[nn.Module, dict, pd.DataFrame]:
     """The profile's trained model: loaded from ``model_dir/best.pt`` when a finished run of it exists, else trained.
 
@@ -335,6 +336,9 @@ def train_or_load(
         The run's model folder: ``last.pt``, ``best.pt`` and ``history.csv`` (which marks a finished run).
     progress : bool
         Show a progress bar per epoch.
+    shuffle_labels : bool
+        Train on the training split's label rows permuted with the profile's seed (Adebayo et al.'s data
+        randomisation test: a model that cannot have learnt where findings are). Keep its ``model_dir`` apart.
 
     Returns
     -------
@@ -345,16 +349,21 @@ def train_or_load(
     history_file = model_dir / "history.csv"
     if not (history_file.is_file() and _finished_with(model_dir / LAST, profile)):
         history_file.unlink(missing_ok=True)  # it marks a finished run; this one is not, yet
-        _train(profile, prepared, model_dir, history_file, progress)
+        _train(profile, prepared, model_dir, history_file, progress, shuffle_labels)
     model, meta = load_trained(profile, model_dir)
     return model, meta, pd.read_csv(history_file)
 
 
-def _train(profile: Profile, prepared, model_dir: Path, history_file: Path, progress: bool) -> None:
+def _train(
+    profile: Profile, prepared, model_dir: Path, history_file: Path, progress: bool, shuffle_labels: bool = False
+) -> None:
     settings = profile.train
-    seed_everything(profile.seed)
+    seed_everything(config.training_seed(profile))
     model = models.build_model(settings.arch, len(labels.PATHOLOGIES), settings.weights)
     train_set = prepared.dataset("train", settings.policy, profile.mean, profile.std)
+    if shuffle_labels:
+        order = np.random.default_rng(profile.seed).permutation(len(train_set))
+        train_set = replace(train_set, targets=train_set.targets[order], loss_mask=train_set.loss_mask[order])
     val_set = prepared.dataset("val", settings.policy, profile.mean, profile.std)
     history = fit(model, train_set, val_set, profile, model_dir, progress=progress)
     if _rank() == 0:

@@ -294,3 +294,17 @@ def test_sample_rows_is_deterministic_and_keeps_only_positive_localisable_findin
         assert data.patient_ids(rows).iloc[chosen].nunique() == 4
     everything = prepared.sample_rows("test", 1000, seed=1)
     assert everything == np.flatnonzero(positive).tolist() == prepared.rows_with_findings("test", 1000)
+
+
+def test_sample_rows_adds_images_until_every_finding_has_enough_positives(tmp_path):
+    fracture, both = {"Fracture": 1.0}, {"Fracture": 1.0, "Edema": 1.0}
+    per_patient = {p: [EDEMA] for p in range(1, 9)} | {p: [fracture, both] for p in range(9, 12)}
+    prepared = _prepared_from_rows(per_patient, tmp_path)
+    rows = prepared.split("test")
+    plain = prepared.sample_rows("test", 2, seed=0)
+    enough = prepared.sample_rows("test", 2, seed=0, min_positives=3)
+    counts = (rows.iloc[enough][["Edema", "Fracture"]] == 1).sum()
+    assert set(plain) <= set(enough) and counts.min() >= 3
+    assert len(enough) <= len(plain) + 3  # the greedy pick takes images with both findings first
+    short = prepared.sample_rows("test", 2, seed=0, min_positives=50)  # more than the split has: all of them
+    assert (rows.iloc[short]["Fracture"] == 1).sum() == 6

@@ -60,11 +60,16 @@ def test_metric_by_pathology_draws_one_series_per_method_with_pooled_last():
 
 
 def test_randomisation_plot_keeps_stage_order():
-    scores = pd.DataFrame(
-        [("a", "Edema", "gradcam", f"randomised_{s}", v) for s, v in (("classifier", 0.9), ("stem", 0.1))],
-        columns=["image", "pathology", "method", "metric", "value"],
+    outcome = pd.DataFrame(
+        [
+            ("gradcam", mode, s, "spearman_abs", v, 0.1)
+            for mode in ("cascading", "independent")
+            for s, v in (("stem", 0.1), ("classifier", 0.9))
+        ],
+        columns=["method", "mode", "stage", "similarity", "mean", "std"],
     )
-    fig = figures.plot_randomisation(scores, ["classifier", "stem"])
+    fig = figures.plot_randomisation(outcome, ["classifier", "stem"], similarities=["spearman_abs"])
+    assert len(fig.axes) == 2  # one row per mode
     line = fig.axes[0].get_lines()[0]
     assert list(line.get_ydata()) == [0.9, 0.1]
 

@@ -110,3 +110,16 @@ def test_resume_fields_hold_what_changes_the_weights():
         {"lr_factor": 0.5},
     ):
         assert config.resume_fields(config.load_profile("smoke", **change)) != fields, change
+
+
+def test_seed_profiles_vary_training_alone():
+    default, seeded = config.PROFILES["default"], config.PROFILES["default-seed1"]
+    assert (seeded.seed, seeded.image_size, seeded.n_train, seeded.n_explain) == (
+        default.seed,
+        default.image_size,
+        default.n_train,
+        default.n_explain,
+    )
+    assert config.training_seed(default) == default.seed and config.training_seed(seeded) == 1
+    assert "train_seed" not in config.resume_fields(default)  # older checkpoints stay loadable
+    assert config.resume_fields(seeded)["train_seed"] == 1  # a seeded checkpoint is not taken for the default's

@@ -72,21 +72,25 @@ class PreparedData:
         """The first ``n`` rows of a split with at least one positive localisable finding (for explaining)."""
         return np.flatnonzero(_has_localisable_finding(self.split(name)))[:n].tolist()
 
-    def sample_rows(self, name: str, n: int, seed: int = 0) -> list[int]:
-        """``n`` rows of a split with a positive localisable finding, spread across patients.
+    def sample_rows(self, name: str, n: int, seed: int = 0, min_positives: int = 0) -> list[int]:
+        """At least ``n`` rows of a split with a positive localisable finding, spread across patients.
 
         Patients are visited round-robin in an order shuffled with ``seed``: every patient gives one
         image (its first in the split) before any patient gives a second, so a few patients with many
-        images cannot fill the sample.
+        images cannot fill the sample. After the first ``n``, rows further down the same order are added
+        while some localisable finding has fewer than ``min_positives`` positive images: each time the row
+        positive for the most such findings (a finding with fewer positives in the split keeps all it has).
 
         Parameters
         ----------
         name : str
             The split (one of :data:`SPLITS`).
         n : int
-            How many rows; all qualifying rows when fewer exist.
+            How many rows at least; all qualifying rows when fewer exist.
         seed : int
             Seed of the patient order; the same seed gives the same rows.
+        min_positives : int
+            Positive images wanted of every localisable finding.
 
         Returns
         -------
@@ -100,8 +104,19 @@ class PreparedData:
         shuffled = dict(zip(unique, np.random.default_rng(seed).permutation(len(unique))))
         patient_rank = np.array([shuffled[p] for p in patients], dtype=int)
         turn = pd.Series(patients).groupby(patients).cumcount().to_numpy()  # 0 for a patient's first image
-        order = np.lexsort((patient_rank, turn))  # by turn, then by the shuffled patient order
-        return sorted(candidates[order[:n]].tolist())
+        order = candidates[np.lexsort((patient_rank, turn))]  # by turn, then by the shuffled patient order
+        positive = rows[list(labels.LOCALISABLE)].to_numpy() == 1
+        chosen, rest = list(order[:n]), list(order[n:])
+        wanted = np.maximum(min_positives - positive[chosen].sum(axis=0), 0)
+        while wanted.any() and rest:
+            # greedy: the row that serves the most findings still short of positives (earliest in the order on ties)
+            gains = (positive[rest] & (wanted > 0)).sum(axis=1)
+            if not gains.max():
+                break
+            row = rest.pop(int(np.argmax(gains)))
+            chosen.append(row)
+            wanted = np.maximum(wanted - positive[row], 0)
+        return sorted(int(row) for row in chosen)
 
     def inputs(self, name: str, rows: Sequence[int], mean, std) -> torch.Tensor:
         """Network inputs ``(len(rows), 3, H, W)`` for rows of a split, normalised as in training."""

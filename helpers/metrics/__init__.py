@@ -9,24 +9,43 @@ One job per module, every public name re-exported here:
 
 - :mod:`~helpers.metrics.base`: the tidy :data:`COLUMNS` and :func:`positive_part`.
 - :mod:`~helpers.metrics.localisation`: as CheXlocalize defines it (rows where the mask is non-empty):
-  ``hit`` (the map's maximum in the mask; ties count if any tied pixel does, as Quantus' pointing game),
-  ``distance_px`` from the maximum to the mask and ``near_hit`` (within 1/16 of the width), ``iou`` (Otsu
-  threshold of the min-max-normalised map), ``mass_accuracy``, ``rank_accuracy``, ``pixel_auroc``; and
-  :func:`score`, which scores a HeatmapSet on all of them plus granularity and class sensitivity.
-- :mod:`~helpers.metrics.granularity`: ``gini`` (sparseness), ``entropy`` (complexity), ``resolution_px``
-  (width of the spatial autocorrelation at half height), ``class_correlation`` (pathology ``"all"``).
-- :mod:`~helpers.metrics.faithfulness`: deletion / insertion (:func:`perturbation_scores`), needs the model.
-- :mod:`~helpers.metrics.sanity`: :func:`cascading_randomisation`, needs the model.
-- :mod:`~helpers.metrics.statistics`: :func:`summarise` and :func:`paired_differences`, bootstrap 95% CIs over
-  images.
-- :mod:`~helpers.metrics.tables`: results tables and verdicts from those summaries.
+  ``hit`` (the map's maximum in the mask; tied maxima count with the share of them inside), ``distance_px``
+  and ``near_hit`` (within 1/16 of the width), ``iou`` (CheXlocalize's exact segmentation: min-max -> uint8 ->
+  Otsu -> filled contours), ``mass_accuracy``, ``rank_accuracy``, ``pixel_auroc``, and against the ground
+  truth's own grain ``resolution_gap`` and ``boundary_f1``; :func:`score` scores a HeatmapSet on all of them
+  plus granularity, class sensitivity and ``separation`` of an image's findings.
+- :mod:`~helpers.metrics.granularity`: ``gini``, ``entropy``, ``resolution_px`` (absolute: they favour a fine
+  map whatever the finding), ``resolution_gap``, ``separation``, and ``class_correlation`` on positive parts,
+  ``|R|`` and signed maps, between findings with a positive logit.
+- :mod:`~helpers.metrics.faithfulness`: deletion / insertion toward a blurred image
+  (:func:`perturbation_scores`) or toward the counterfactual image without the finding
+  (:func:`counterfactual_perturbation_scores`, with a random-order reference); needs the model.
+- :mod:`~helpers.metrics.sanity`: model randomisation (cascading and independent) and data randomisation
+  (Adebayo et al. 2018) with signed and sign-blind similarities; :func:`sanity_outcome`.
+- :mod:`~helpers.metrics.statistics`: :func:`summarise`, :func:`paired_differences` and :func:`compare`:
+  bootstrap 95% CIs clustered by patient, Wilcoxon signed-rank p-values, Holm correction; :func:`across_seeds`.
+- :mod:`~helpers.metrics.tables`: results tables and structured outcomes (:func:`outcome`); no prose.
 """
 
 from helpers.metrics.base import COLUMNS, positive_part
-from helpers.metrics.faithfulness import blurred_baseline, perturbation_scores
-from helpers.metrics.granularity import SINGLE_MAP, class_correlation, entropy, gini, resolution_px
+from helpers.metrics.faithfulness import blurred_baseline, counterfactual_perturbation_scores, perturbation_scores
+from helpers.metrics.granularity import (
+    PARTS,
+    SINGLE_MAP,
+    class_correlation,
+    entropy,
+    gini,
+    resolution_gap,
+    resolution_px,
+    separation,
+)
 from helpers.metrics.localisation import (
+    TIES,
     WITH_MASK,
+    boundary_f1,
+    chexlocalize_iou,
+    chexlocalize_segmentation,
+    chexlocalize_uint8,
     distance_px,
     hit,
     iou,
@@ -37,13 +56,55 @@ from helpers.metrics.localisation import (
     pixel_auroc,
     rank_accuracy,
     score,
+    separation_rows,
 )
-from helpers.metrics.sanity import cascading_randomisation, rank_correlation
-from helpers.metrics.statistics import bootstrap_ci, paired_differences, summarise
-from helpers.metrics.tables import ANCHORS, granularity_verdict, hit_rate_diagnosis, results_table
+from helpers.metrics.sanity import (
+    SIMILARITIES,
+    cascading_randomisation,
+    data_randomisation,
+    independent_randomisation,
+    model_randomisation,
+    rank_correlation,
+    sanity_outcome,
+)
+from helpers.metrics.statistics import (
+    across_seeds,
+    bootstrap_ci,
+    compare,
+    holds_across_seeds,
+    holm,
+    paired_differences,
+    sample_table,
+    strata,
+    summarise,
+)
+from helpers.metrics.tables import BETTER, against_reference, outcome, results_table
 
 __all__ = [
-    "ANCHORS",
+    "separation_rows",
+    "chexlocalize_uint8",
+    "chexlocalize_segmentation",
+    "chexlocalize_iou",
+    "boundary_f1",
+    "TIES",
+    "separation",
+    "resolution_gap",
+    "PARTS",
+    "counterfactual_perturbation_scores",
+    "sample_table",
+    "strata",
+    "sanity_outcome",
+    "model_randomisation",
+    "independent_randomisation",
+    "data_randomisation",
+    "SIMILARITIES",
+    "outcome",
+    "holm",
+    "holds_across_seeds",
+    "compare",
+    "against_reference",
+    "across_seeds",
+    "BETTER",
     "COLUMNS",
     "SINGLE_MAP",
     "WITH_MASK",
@@ -54,9 +115,7 @@ __all__ = [
     "distance_px",
     "entropy",
     "gini",
-    "granularity_verdict",
     "hit",
-    "hit_rate_diagnosis",
     "iou",
     "mass_accuracy",
     "multi_finding_rows",

@@ -1,4 +1,5 @@
-"""Does the model need what the map shows? Deletion and insertion curves against a blurred baseline.
+"""Does the model need what the map shows? Deletion and insertion curves against a blurred baseline, and
+against the counterfactual image (the phantom rendered without the explained finding).
 
 Tensors made here take their device from the inputs (the model's device); model outputs leave for numpy
 only through :func:`helpers.tensors.to_numpy`.
@@ -20,6 +21,13 @@ from helpers.metrics.base import COLUMNS
 from helpers.tensors import to_numpy
 
 _CURVES = ("deletion_auc", "insertion_auc")
+_CF_CURVES = ("cf_deletion_auc", "cf_insertion_auc")
+_CF_RANDOM = ("cf_deletion_random_auc", "cf_insertion_random_auc")
+_CF_ENDPOINTS = ("cf_prob_factual", "cf_prob_counterfactual")
+#: First fraction after 0 of a log-spaced curve: 1 pixel in 1000 (4 pixels at 64 px, 50 at 224 px).
+LOG_FIRST_FRACTION = 1e-3
+#: Fewest linear steps: at 10 steps the first one already removes 10% of the image, the whole of most findings.
+MIN_LINEAR_STEPS = 50
 
 
 def perturbation_scores(
@@ -73,15 +81,141 @@ def perturbation_scores(
         if not np.isfinite(values).all():
             rows += [(heatmaps.image_ids[i], pathology, heatmaps.method, name, np.nan) for name in _CURVES]
             continue
-        order = np.lexsort((rng.random(values.size), -values))
-        revealed = _top_fraction_masks(order, fractions, inputs.shape[-2:], inputs.device)
-        deleted = torch.where(revealed, baseline[i], inputs[i])
-        inserted = torch.where(revealed, inputs[i], baseline[i])
-        probs = _probabilities(model, torch.cat([deleted, inserted]), k, batch_size)
-        for name, curve in zip(_CURVES, (probs[: len(fractions)], probs[len(fractions) :])):
+        curves = _curves(model, inputs[i], baseline[i], _map_order(values, rng), fractions, k, batch_size)
+        for name, curve in zip(_CURVES, curves):
             area = float(np.trapezoid(curve, fractions))
             rows.append((heatmaps.image_ids[i], pathology, heatmaps.method, name, area))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def counterfactual_perturbation_scores(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    counterfactual_inputs: torch.Tensor,
+    heatmaps: HeatmapSet,
+    pairs: Sequence[tuple[int, str]],
+    steps: int = 50,
+    spacing: str = "log",
+    seed: int = 0,
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """Deletion and insertion curves that replace pixels by the image without the explained finding.
+
+    A blurred or constant baseline puts images the model never saw into the curve, so a map can score by
+    where it makes artefacts rather than by what the model uses. On the phantom the replacement can be the
+    counterfactual: the same radiograph rendered without the finding
+    (:func:`helpers.phantom.render_without`). Deleting a pixel then removes only the finding's share of it,
+    and pixels the finding does not touch change nothing. Deletion replaces the map's top pixels (most
+    relevant first; ties in a seeded random order) by the counterfactual's (a faithful map makes the
+    probability fall fast: low area); insertion starts from the counterfactual and restores the top pixels
+    (high area is good).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The explained model, on any device.
+    inputs : tensor ``(n, C, H, W)``
+        The explained images, rows aligned with ``heatmaps.image_ids``; moved to the model's device.
+    counterfactual_inputs : tensor ``(len(pairs), C, H, W)``
+        One row per pair: that pair's image without its pathology's finding, normalised like ``inputs``.
+    heatmaps : HeatmapSet
+        One method's maps of ``inputs``.
+    pairs : sequence of (image index, pathology)
+        The maps to score.
+    steps : int
+        Points on each curve beyond the fraction 0.
+    spacing : {"log", "linear"}
+        ``"log"``: fractions 0, then ``steps`` log-spaced from :data:`LOG_FIRST_FRACTION` to 1, dense where a
+        small finding (1% of the image or less) is removed. ``"linear"``: ``0, 1/steps, ..., 1``, which
+        needs ``steps >= MIN_LINEAR_STEPS`` to resolve such findings at all.
+    seed : int
+        With the pair's image index and pathology, seeds its random order and tie order. The random
+        reference of a pair is therefore the same for every method scored on it.
+    batch_size : int
+        Perturbed images per forward pass.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``image, pathology, method, metric, value``; per pair the metrics ``cf_deletion_auc``,
+        ``cf_insertion_auc`` (the map's order; NaN for a map with inf or NaN), ``cf_deletion_random_auc``,
+        ``cf_insertion_random_auc`` (a seeded random pixel order: the reference a map must beat) and
+        ``cf_prob_factual``, ``cf_prob_counterfactual`` (the probability with and without the finding,
+        where every curve starts and ends: a pair where they are close carries no signal).
+
+    Raises
+    ------
+    ValueError
+        If ``counterfactual_inputs`` does not hold one image of ``inputs``' shape per pair, or the spacing
+        is unknown or too coarse.
+
+    Notes
+    -----
+    Areas are over the fraction axis 0..1 (trapezoids between the sampled fractions) of the pathology's
+    probability, whatever the spacing: log spacing samples the same integral more densely near 0, so
+    areas are comparable across spacings and with the random reference. A map beats random when its
+    deletion area is below ``cf_deletion_random_auc`` and its insertion area above ``cf_insertion_random_auc``.
+    """
+    device = model_device(model)
+    inputs, counterfactual_inputs = inputs.to(device), counterfactual_inputs.to(device)
+    _check_counterfactuals(inputs, counterfactual_inputs, pairs)
+    fractions = _fractions(steps, spacing)
+    model.eval()
+    rows = []
+    for p, (i, pathology) in enumerate(pairs):
+        areas = _cf_areas(
+            model, inputs[i], counterfactual_inputs[p], heatmaps, i, pathology, fractions, seed, batch_size
+        )
+        rows += [(heatmaps.image_ids[i], pathology, heatmaps.method, name, value) for name, value in areas.items()]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _check_counterfactuals(inputs: torch.Tensor, counterfactual_inputs: torch.Tensor, pairs: Sequence) -> None:
+    if counterfactual_inputs.shape != (len(pairs), *inputs.shape[1:]):
+        raise ValueError(
+            f"counterfactual_inputs must hold one image per pair, shaped like inputs' images: "
+            f"({len(pairs)}, {', '.join(map(str, inputs.shape[1:]))}); got {tuple(counterfactual_inputs.shape)}."
+        )
+
+
+def _fractions(steps: int, spacing: str) -> np.ndarray:
+    """Fractions of pixels replaced along a curve, 0 first and 1 last (:func:`counterfactual_perturbation_scores`)."""
+    if spacing == "log":
+        return np.concatenate([[0.0], np.geomspace(LOG_FIRST_FRACTION, 1.0, steps)])
+    if spacing == "linear" and steps >= MIN_LINEAR_STEPS:
+        return np.linspace(0.0, 1.0, steps + 1)
+    raise ValueError(f"spacing must be 'log' or 'linear' with steps >= {MIN_LINEAR_STEPS}; got {spacing!r}, {steps}.")
+
+
+def _cf_areas(model, image, counterfactual, heatmaps, i, pathology, fractions, seed, batch_size) -> dict[str, float]:
+    """One pair's metrics of :func:`counterfactual_perturbation_scores`, by name."""
+    j, k = heatmaps.pathologies.index(pathology), labels.PATHOLOGIES.index(pathology)
+    values = heatmaps.maps[i, j].ravel()
+    rng = np.random.default_rng((seed, i, k))
+    random = _curves(model, image, counterfactual, rng.permutation(values.size), fractions, k, batch_size)
+    mapped = (np.full(len(fractions), np.nan),) * 2
+    if np.isfinite(values).all():
+        mapped = _curves(model, image, counterfactual, _map_order(values, rng), fractions, k, batch_size)
+    areas = [float(np.trapezoid(curve, fractions)) for curve in (*mapped, *random)]
+    endpoints = [float(random[0][0]), float(random[0][-1])]  # deletion from the image to the counterfactual
+    return dict(zip((*_CF_CURVES, *_CF_RANDOM, *_CF_ENDPOINTS), areas + endpoints))
+
+
+def _map_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pixel indices, most relevant first; ties in a random order from ``rng`` (not top-left first)."""
+    return np.lexsort((rng.random(values.size), -values))
+
+
+def _curves(model, image, replacement, order, fractions, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deletion and insertion curves of one image: probability of class ``k`` at each fraction of ``order``.
+
+    Deletion puts ``replacement`` on the top fraction of pixels; insertion puts ``image`` there on ``replacement``.
+    """
+    revealed = _top_fraction_masks(order, fractions, image.shape[-2:], image.device)
+    deleted = torch.where(revealed, replacement, image)
+    inserted = torch.where(revealed, image, replacement)
+    probs = _probabilities(model, torch.cat([deleted, inserted]), k, batch_size)
+    return probs[: len(fractions)], probs[len(fractions) :]
 
 
 def _top_fraction_masks(order: np.ndarray, fractions: np.ndarray, shape, device: torch.device) -> torch.Tensor:

@@ -1,18 +1,35 @@
-"""Does the map depend on the model? Cascading randomisation (Adebayo et al. 2018) and map rank correlation."""
+"""Does the map depend on the model and on the data? The sanity checks of Adebayo et al. (2018), sign-aware.
+
+Model randomisation re-initialises the model's layers, either from the top cumulatively (``cascading``) or one
+stage at a time in a fresh copy of the trained model (``independent``); data randomisation compares the maps of
+the trained model with those of a model trained on shuffled labels. Each compares maps with every similarity in
+:data:`SIMILARITIES`: Spearman on the signed maps and on ``|R|`` (a map that only flips sign with the logit is
+unchanged in ``|R|``), SSIM, and the Pearson correlation of HOG descriptors. :func:`sanity_outcome` turns those
+scores into a structured verdict per method, mode, stage and similarity.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
+from skimage.feature import hog
+from skimage.metrics import structural_similarity
 from torch import nn
 
 from helpers.explainers import Explainer
+from helpers.heatmaps import HeatmapSet, normalise
 from helpers.metrics.base import COLUMNS
+
+#: How :func:`model_randomisation` re-initialises the stages.
+MODES = ("cascading", "independent")
+#: HOG parameters of :func:`hog_similarity`: 8 x 8 px cells, 2 x 2 cell blocks (maps of at least 16 px a side;
+#: 7 x 7 blocks at 64 px, 15 x 15 at 128 px), 9 unsigned orientation bins, L2-Hys block normalisation.
+HOG_PARAMS = {"orientations": 9, "pixels_per_cell": (8, 8), "cells_per_block": (2, 2), "block_norm": "L2-Hys"}
 
 
 def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
@@ -20,6 +37,179 @@ def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
     if np.ptp(first) == 0 or np.ptp(second) == 0:
         return 0.0
     return float(stats.spearmanr(first.ravel(), second.ravel()).statistic)
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman rank correlation of two signed maps.
+
+    Parameters
+    ----------
+    first, second : numpy.ndarray
+        2-D maps of the same shape.
+
+    Returns
+    -------
+    float
+        In [-1, 1]; a map against its negative gives -1. 0 when either map is constant, NaN when either holds
+        inf or NaN.
+    """
+    if not _finite(first, second):
+        return float("nan")
+    return rank_correlation(np.asarray(first, np.float64), np.asarray(second, np.float64))
+
+
+def spearman_abs(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman rank correlation of ``|first|`` and ``|second|``: blind to the sign of the relevance.
+
+    Parameters
+    ----------
+    first, second : numpy.ndarray
+        2-D maps of the same shape.
+
+    Returns
+    -------
+    float
+        In [-1, 1]; a map against its negative gives 1. 0 when either ``|map|`` is constant, NaN when either
+        map holds inf or NaN.
+    """
+    return spearman(np.abs(first), np.abs(second))
+
+
+def ssim(first: np.ndarray, second: np.ndarray) -> float:
+    """Structural similarity of the two maps, each min-max scaled to [0, 1] (``data_range=1``).
+
+    scikit-image's :func:`~skimage.metrics.structural_similarity` with its defaults (7 x 7 uniform window).
+    Min-max scaling keeps the sign's order, so a map against its negative scores low, as against an unrelated map.
+
+    Parameters
+    ----------
+    first, second : numpy.ndarray
+        2-D maps of the same shape, at least 7 px a side.
+
+    Returns
+    -------
+    float
+        In [-1, 1]; 1 for identical maps. 0 when either map is constant (it has no structure to compare),
+        NaN when either holds inf or NaN.
+    """
+    if not _finite(first, second):
+        return float("nan")
+    if np.ptp(first) == 0 or np.ptp(second) == 0:
+        return 0.0
+    return float(structural_similarity(_scaled(first), _scaled(second), data_range=1.0))
+
+
+def ssim_abs(first: np.ndarray, second: np.ndarray) -> float:
+    """:func:`ssim` of ``|R|``: blind to a sign flip of the whole map (Adebayo et al. report both)."""
+    return ssim(np.abs(first), np.abs(second))
+
+
+def hog_similarity(first: np.ndarray, second: np.ndarray) -> float:
+    """Pearson correlation of the HOG descriptors of the two maps, each min-max scaled to [0, 1].
+
+    Descriptors from :func:`skimage.feature.hog` with :data:`HOG_PARAMS`. The orientations are unsigned, so
+    the descriptor of ``1 - map`` (the scaled negative) equals that of ``map``: HOG is blind to a sign flip.
+
+    Parameters
+    ----------
+    first, second : numpy.ndarray
+        2-D maps of the same shape, at least 16 px a side.
+
+    Returns
+    -------
+    float
+        In [-1, 1]; 1 for identical maps. 0 when either map or either descriptor is constant, NaN when either
+        map holds inf or NaN.
+    """
+    if not _finite(first, second):
+        return float("nan")
+    if np.ptp(first) == 0 or np.ptp(second) == 0:
+        return 0.0
+    a, b = (hog(_scaled(m), feature_vector=True, **HOG_PARAMS) for m in (first, second))
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(stats.pearsonr(a, b).statistic)
+
+
+#: Every similarity the sanity checks report, by the name used in the ``metric`` column.
+SIMILARITIES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "spearman": spearman,
+    "spearman_abs": spearman_abs,
+    "ssim": ssim,
+    "ssim_abs": ssim_abs,
+    "hog": hog_similarity,
+}
+#: The similarity whose mean decides :func:`sanity_outcome`'s ``passes`` for each reported similarity.
+DECIDED_BY = {
+    "spearman": "spearman_abs",
+    "spearman_abs": "spearman_abs",
+    "ssim": "ssim_abs",
+    "ssim_abs": "ssim_abs",
+    "hog": "hog",
+}
+
+
+def _finite(*maps: np.ndarray) -> bool:
+    return all(np.isfinite(m).all() for m in maps)
+
+
+def _scaled(heatmap: np.ndarray) -> np.ndarray:
+    return normalise(np.asarray(heatmap, np.float64)).astype(np.float64)
+
+
+def model_randomisation(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    explainer: Explainer,
+    pairs: Sequence[tuple[int, str]],
+    image_ids: Sequence[str] | None = None,
+    seed: int = 0,
+    *,
+    mode: str = "cascading",
+    stages: Sequence[tuple[str, Sequence[str]]] | None = None,
+) -> pd.DataFrame:
+    """Model parameter randomisation test (Adebayo et al. 2018): re-initialise layers and compare the maps.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model. It is never modified: randomisation happens in deep copies.
+    inputs : tensor
+        The explained images.
+    explainer : Explainer
+        Explains ``inputs`` with the trained model and once per stage with the randomised model (all pairs in
+        one call, for the pathologies named in ``pairs``).
+    pairs : sequence of (image index, pathology)
+        The maps to compare.
+    image_ids : sequence of str, optional
+        Ids of ``inputs``, reported in the ``image`` column.
+    seed : int
+        Stage ``s`` re-initialises under ``torch.manual_seed(seed + s)``.
+    mode : {"cascading", "independent"}
+        ``cascading``: the stages are re-initialised in order, cumulatively (stage ``s`` compares a model whose
+        stages ``0..s`` are random). ``independent``: stage ``s`` compares a fresh copy of the trained model in
+        which only stage ``s`` is re-initialised. BatchNorm layers keep their parameters and statistics.
+    stages : sequence of (stage name, module names), optional
+        Module groups from the output down (names as in ``model.named_modules()``); default the model's own
+        ``randomisation_stages()``.
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`~helpers.metrics.base.COLUMNS`; per pair, stage and similarity one row with metric
+        ``f"{mode}:{stage}:{similarity}"`` (similarities of :data:`SIMILARITIES`) and value the similarity of
+        the trained model's map (first argument) and the randomised model's map.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    stages = _checked_stages(model, stages)
+    pathologies = list(dict.fromkeys(pathology for _, pathology in pairs))
+    trained = explainer.explain(model, inputs, pathologies, image_ids=image_ids)
+    rows = []
+    for stage, randomised in _randomised_models(model, stages, mode, seed):
+        maps = explainer.explain(randomised, inputs, pathologies, image_ids=image_ids)
+        rows += _similarity_rows(trained, maps, pairs, f"{mode}:{stage}")
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def cascading_randomisation(
@@ -32,60 +222,124 @@ def cascading_randomisation(
     *,
     stages: Sequence[tuple[str, Sequence[str]]] | None = None,
 ) -> pd.DataFrame:
-    """Adebayo et al. (2018): re-initialise layers from the top, cumulatively, and compare maps.
+    """:func:`model_randomisation` with ``mode="cascading"``: layers re-initialised from the top, cumulatively."""
+    return model_randomisation(model, inputs, explainer, pairs, image_ids, seed, mode="cascading", stages=stages)
+
+
+def independent_randomisation(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    explainer: Explainer,
+    pairs: Sequence[tuple[int, str]],
+    image_ids: Sequence[str] | None = None,
+    seed: int = 0,
+    *,
+    stages: Sequence[tuple[str, Sequence[str]]] | None = None,
+) -> pd.DataFrame:
+    """:func:`model_randomisation` with ``mode="independent"``: one stage re-initialised at a time."""
+    return model_randomisation(model, inputs, explainer, pairs, image_ids, seed, mode="independent", stages=stages)
+
+
+def data_randomisation(trained: HeatmapSet, other: HeatmapSet, pairs: Sequence[tuple[int, str]]) -> pd.DataFrame:
+    """Data randomisation test (Adebayo et al. 2018): the trained model's maps against another model's.
 
     Parameters
     ----------
-    model : nn.Module
-        The trained model. It is not modified: a deep copy is randomised.
-    inputs : tensor
-        The explained images.
-    explainer : Explainer
-        Explains ``inputs`` with the trained and with each randomised model.
+    trained : HeatmapSet
+        Maps of the model trained on the true labels; its ``method`` fills the ``method`` column.
+    other : HeatmapSet
+        Maps of the same images and pathologies by the same method, from a model trained on shuffled labels.
     pairs : sequence of (image index, pathology)
         The maps to compare.
-    image_ids : sequence of str, optional
-        Ids of ``inputs``, reported in the ``image`` column.
-    seed : int
-        Stage ``s`` re-initialises under ``torch.manual_seed(seed + s)``.
-    stages : sequence of (stage name, module names), optional
-        Module groups from the output down, randomised cumulatively in this order (names as in
-        ``model.named_modules()``); the last should complete full randomisation. Default
-        the model's own ``randomisation_stages()``.
 
     Returns
     -------
     DataFrame
-        Columns ``image, pathology, method, metric, value``: per stage, metric ``randomised_<stage>`` and
-        value the Spearman rank correlation (:func:`rank_correlation`) between the trained model's map and
-        the randomised model's map.
+        Columns :data:`~helpers.metrics.base.COLUMNS`; per pair and similarity one row with metric
+        ``f"data:shuffled_labels:{similarity}"``.
+
+    Raises
+    ------
+    ValueError
+        If the two sets differ in image ids, pathologies or map size (the message names which).
     """
+    differences = [
+        f"{name}: {getattr(trained, name)} vs {getattr(other, name)}"
+        for name in ("image_ids", "pathologies")
+        if getattr(trained, name) != getattr(other, name)
+    ]
+    if trained.maps.shape[2:] != other.maps.shape[2:]:
+        differences.append(f"map size: {trained.maps.shape[2:]} vs {other.maps.shape[2:]}")
+    if differences:
+        raise ValueError(f"Data randomisation needs maps of the same images; the sets differ in {differences}.")
+    return pd.DataFrame(_similarity_rows(trained, other, pairs, "data:shuffled_labels"), columns=COLUMNS)
+
+
+def sanity_outcome(sanity_scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Per method, mode, stage and similarity: the mean similarity, its spread, and whether the method passes.
+
+    A method passes where the maps changed: ``passes = mean(DECIDED_BY[similarity]) < threshold``, the mean
+    over pairs of the same method, mode and stage. For ``spearman`` and ``spearman_abs`` the deciding similarity
+    is ``spearman_abs``, so a map that only flips sign (signed Spearman -1, ``spearman_abs`` +1) fails; ``ssim``
+    and ``hog`` decide for themselves. ``passes`` is False where the deciding mean is NaN. ``hog`` is blind to a
+    sign flip (unsigned orientations); ``ssim`` is not (a sign flip lowers it as a change of the map does).
+
+    Parameters
+    ----------
+    sanity_scores : DataFrame
+        Rows of :func:`model_randomisation` and :func:`data_randomisation` (other metrics are ignored).
+    threshold : float
+        A mean similarity below it counts as changed.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``method, mode, stage, similarity, mean, std, n, decided_by, passes``: ``std`` the standard
+        deviation over pairs (``ddof=1``), ``n`` the number of finite values.
+    """
+    keys = ["method", "mode", "stage", "similarity"]
+    summary = _parsed(sanity_scores).groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    summary = summary.rename(columns={"count": "n"}).assign(decided_by=lambda t: t["similarity"].map(DECIDED_BY))
+    deciding = summary[[*keys, "mean"]].rename(columns={"similarity": "decided_by", "mean": "deciding_mean"})
+    summary = summary.merge(deciding, on=[*keys[:3], "decided_by"], how="left")
+    return summary.assign(passes=summary["deciding_mean"] < threshold).drop(columns="deciding_mean")
+
+
+def _parsed(scores: pd.DataFrame) -> pd.DataFrame:
+    """Sanity rows only, with ``mode, stage, similarity`` split out of ``metric``."""
+    modes, similarities = "|".join([*MODES, "data"]), "|".join(SIMILARITIES)
+    parts = scores["metric"].str.extract(rf"^(?P<mode>{modes}):(?P<stage>.+):(?P<similarity>{similarities})$")
+    return pd.concat([scores, parts], axis=1).dropna(subset=["similarity"])
+
+
+def _checked_stages(model: nn.Module, stages) -> list[tuple[str, list[str]]]:
     stages = model.randomisation_stages() if stages is None else stages
     known = dict(model.named_modules())
     unknown = [name for _, names in stages for name in names if name not in known]
     if unknown:
         raise ValueError(f"Randomisation stages name modules that {type(model).__name__} does not have: {unknown}.")
-    trained = explainer.explain(model, inputs, image_ids=image_ids)
-    randomised = copy.deepcopy(model).eval()
-    modules = dict(randomised.named_modules())
-    rows = []
+    return [(stage, list(names)) for stage, names in stages]
+
+
+def _randomised_models(model: nn.Module, stages, mode: str, seed: int) -> Iterator[tuple[str, nn.Module]]:
+    """Per stage, the randomised model to explain; cascading reuses one copy, independent starts afresh."""
+    randomised = copy.deepcopy(model)
     for s, (stage, names) in enumerate(stages):
+        if mode == "independent" and s > 0:
+            randomised = copy.deepcopy(model)
         torch.manual_seed(seed + s)
         for name in names:
-            _reset_parameters(modules[name])
-        maps = explainer.explain(randomised, inputs, image_ids=image_ids)
-        for i, pathology in pairs:
-            j = trained.pathologies.index(pathology)
-            rows.append(
-                (
-                    trained.image_ids[i],
-                    pathology,
-                    trained.method,
-                    f"randomised_{stage}",
-                    rank_correlation(trained.maps[i, j], maps.maps[i, j]),
-                )
-            )
-    return pd.DataFrame(rows, columns=COLUMNS)
+            _reset_parameters(randomised.get_submodule(name))
+        yield stage, randomised
+
+
+def _similarity_rows(first: HeatmapSet, second: HeatmapSet, pairs, prefix: str) -> list[tuple]:
+    rows = []
+    for i, pathology in pairs:
+        a, b = first.maps[i, first.pathologies.index(pathology)], second.maps[i, second.pathologies.index(pathology)]
+        for name, similarity in SIMILARITIES.items():
+            rows.append((first.image_ids[i], pathology, first.method, f"{prefix}:{name}", similarity(a, b)))
+    return rows
 
 
 def _reset_parameters(module: nn.Module) -> None:

@@ -1,67 +1,116 @@
-"""Means with bootstrap 95% CIs over images, per method and paired between methods."""
+"""Means with bootstrap 95% CIs clustered by patient, paired comparisons with Holm-corrected p-values, seeds.
+
+Images of one patient share anatomy (the phantom's patients do, real ones too), so they are not independent:
+every bootstrap here resamples **patients** (clusters) when it is given an image -> patient map, and images
+otherwise. Paired comparisons take the per-map difference of two methods, average it per patient, and test the
+patient means with the Wilcoxon signed-rank test (scipy); p-values of a family of comparisons are Holm-corrected
+(statsmodels). :func:`across_seeds` puts the seed-to-seed spread beside each number of repeated studies.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import pandas as pd
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+KEYS = ["method", "pathology", "metric"]
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (NaN-free ``values``); NaN for fewer than two values."""
+def bootstrap_ci(
+    values: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: Sequence | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of NaN-free ``values``; NaN for fewer than two clusters.
+
+    With ``clusters`` (one label per value, e.g. the patient) whole clusters are resampled and the mean of a
+    resample is its values' sum over its values' count (every value weighs the same, as in the point estimate).
+    """
     values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
+    labels = np.arange(len(values)) if clusters is None else pd.factorize(np.asarray(clusters))[0]
+    sums = np.bincount(labels, weights=values)
+    counts = np.bincount(labels).astype(np.float64)
+    if len(sums) < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(axis=1)
+    picks = np.random.default_rng(seed).integers(0, len(sums), (n_boot, len(sums)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
 
 
-def summarise(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, pooled: bool = True) -> pd.DataFrame:
-    """Mean and bootstrap 95% CI over images per method x pathology x metric.
+def summarise(
+    scores: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    pooled: bool = True,
+    patients: Mapping[str, str] | None = None,
+    by: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Mean and bootstrap 95% CI per method x pathology x metric (and the ``by`` columns of ``scores``).
 
-    With ``pooled``, adds pathology ``"all"`` per method x metric: each image's values are averaged first,
-    so the CI still resamples images. NaN values (undefined scores) are left out; ``n`` counts the values used.
+    With ``pooled``, adds pathology ``"all"`` per method x metric: each image's values are averaged first.
+    With ``patients`` (image id -> patient id) the CI resamples patients, else images. NaN values (undefined
+    scores) are left out; ``n`` counts the values used and ``n_patients`` their patients.
     """
-    scores = _with_pooled(scores) if pooled else scores.dropna(subset=["value"])
+    scores = _with_pooled(scores, list(by)) if pooled else scores.dropna(subset=["value"])
     rows = []
-    for (method, pathology, metric), group in scores.groupby(["method", "pathology", "metric"], sort=False):
-        low, high = bootstrap_ci(group["value"].to_numpy(), n_boot, seed)
+    for key, group in scores.groupby([*KEYS, *by], sort=False):
+        clusters = _clusters(group["image"], patients)
+        low, high = bootstrap_ci(group["value"].to_numpy(), n_boot, seed, clusters=clusters)
         rows.append(
             {
-                "method": method,
-                "pathology": pathology,
-                "metric": metric,
+                **dict(zip([*KEYS, *by], key)),
                 "mean": group["value"].mean(),
                 "ci_low": low,
                 "ci_high": high,
                 "n": len(group),
+                "n_patients": len(set(clusters)),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _with_pooled(scores: pd.DataFrame) -> pd.DataFrame:
+def _clusters(images: pd.Series, patients: Mapping[str, str] | None) -> list:
+    """The patient of each image (the image itself without a map)."""
+    images = images.astype(str).tolist()
+    return images if patients is None else [patients[i] for i in images]
+
+
+def _with_pooled(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """NaN-free scores plus pathology ``"all"`` rows: each image's per-pathology values averaged."""
     scores = scores.dropna(subset=["value"])
     per_pathology = scores[scores["pathology"] != "all"]
-    pooled = per_pathology.groupby(["method", "metric", "image"], as_index=False, sort=False)["value"].mean()
+    pooled = per_pathology.groupby(["method", "metric", "image", *by], as_index=False, sort=False)["value"].mean()
     return pd.concat([scores, pooled.assign(pathology="all")], ignore_index=True)
 
 
 def paired_differences(
-    scores: pd.DataFrame, method_a: str, method_b: str, n_boot: int = 1000, seed: int = 0
+    scores: pd.DataFrame,
+    method_a: str,
+    method_b: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    patients: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Mean of ``a - b`` over images scored by both methods, per pathology x metric, with a bootstrap 95% CI.
+    """Mean of ``a - b`` over the maps both methods scored, per pathology x metric, with CI and p-value.
 
     Differences are taken per (image, pathology) first, where both methods have a value; pathology ``"all"``
-    then averages each image's differences, so both methods are always compared on the same maps.
+    then averages each image's differences, so both methods are always compared on the same maps. The CI
+    resamples patients (with ``patients``) or images; ``p_value`` is the two-sided Wilcoxon signed-rank test of
+    the per-patient (or per-image) mean differences, uncorrected (see :func:`compare`).
     """
     difference = _with_pooled_differences(_per_map_differences(scores, method_a, method_b))
     rows = []
     for (pathology, metric), group in difference.groupby(["pathology", "metric"], sort=False):
-        low, high = bootstrap_ci(group["difference"].to_numpy(), n_boot, seed)
+        clusters = _clusters(group["image"], patients)
+        low, high = bootstrap_ci(group["difference"].to_numpy(), n_boot, seed, clusters=clusters)
+        cluster_means = group.groupby(np.asarray(clusters))["difference"].mean().to_numpy()
         rows.append(
             {
                 "pathology": pathology,
@@ -72,9 +121,20 @@ def paired_differences(
                 "ci_low": low,
                 "ci_high": high,
                 "n": len(group),
+                "n_patients": len(cluster_means),
+                "p_value": _signed_rank_p(cluster_means),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _signed_rank_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value; 1 when every difference is zero, NaN for fewer than two."""
+    if len(differences) < 2:
+        return float("nan")
+    if not np.any(differences):
+        return 1.0
+    return float(stats.wilcoxon(differences, zero_method="zsplit").pvalue)
 
 
 def _per_map_differences(scores: pd.DataFrame, method_a: str, method_b: str) -> pd.DataFrame:
@@ -91,3 +151,131 @@ def _with_pooled_differences(difference: pd.DataFrame) -> pd.DataFrame:
     per_pathology = difference[difference["pathology"] != "all"]
     pooled = per_pathology.groupby(["metric", "image"], as_index=False, sort=False)["difference"].mean()
     return pd.concat([difference, pooled.assign(pathology="all")], ignore_index=True)
+
+
+def compare(
+    scores: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    metric_names: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    patients: Mapping[str, str] | None = None,
+    pathology: str = "all",
+) -> pd.DataFrame:
+    """Paired differences ``a - b`` for every (a, b) in ``pairs`` and metric, with Holm-corrected p-values.
+
+    The family corrected together is every row returned (all pairs x metrics at ``pathology``); ``p_holm`` is
+    the corrected p-value. NaN p-values (too few patients) stay NaN and are left out of the family.
+    """
+    table = pd.concat([paired_differences(scores, a, b, n_boot, seed, patients) for a, b in pairs], ignore_index=True)
+    table = table[(table["pathology"] == pathology) & table["metric"].isin(metric_names)].reset_index(drop=True)
+    return table.assign(p_holm=holm(table["p_value"].to_numpy()))
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm-corrected p-values (statsmodels' ``multipletests``); NaN entries stay NaN and are not counted."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    corrected = np.full_like(p_values, np.nan)
+    finite = np.isfinite(p_values)
+    if finite.any():
+        corrected[finite] = multipletests(p_values[finite], method="holm")[1]
+    return corrected
+
+
+def across_seeds(tables: Mapping[int, pd.DataFrame], keys: Sequence[str], value: str = "mean") -> pd.DataFrame:
+    """One row per ``keys``: the mean of ``value`` over seeds, its standard deviation, min, max and each seed's.
+
+    ``tables`` maps a training seed to that seed's table (e.g. :func:`summarise` or :func:`compare` output).
+    """
+    stacked = pd.concat([t.assign(seed=s) for s, t in tables.items()], ignore_index=True)
+    grouped = stacked.groupby(list(keys), sort=False)[value]
+    spread = grouped.agg(seed_mean="mean", seed_sd="std", seed_min="min", seed_max="max", n_seeds="count")
+    per_seed = stacked.pivot_table(index=list(keys), columns="seed", values=value, sort=False)
+    per_seed.columns = [f"seed_{s}" for s in per_seed.columns]
+    return spread.join(per_seed).reset_index()
+
+
+def holds_across_seeds(comparisons: Mapping[int, pd.DataFrame], alpha: float = 0.05) -> pd.DataFrame:
+    """Per (a, b, metric, pathology): does the difference hold in every seed (Holm p < ``alpha``, one sign)?
+
+    ``comparisons`` maps a seed to its :func:`compare` table. Columns: ``direction`` (+1 / -1 when every seed
+    agrees in sign and is significant, 0 otherwise), ``max_p_holm`` over seeds, and the seed mean / spread of
+    the difference.
+    """
+    keys = ["a", "b", "metric", "pathology"]
+    stacked = pd.concat([t.assign(seed=s) for s, t in comparisons.items()], ignore_index=True)
+    rows = []
+    for key, group in stacked.groupby(keys, sort=False):
+        signs = np.sign(group["mean_difference"].to_numpy())
+        significant = (group["p_holm"] < alpha).all()
+        agree = significant and len(set(signs)) == 1
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "seed_mean_difference": group["mean_difference"].mean(),
+                "seed_sd_difference": group["mean_difference"].std(),
+                "max_p_holm": group["p_holm"].max(),
+                "n_seeds": len(group),
+                "direction": int(signs[0]) if agree else 0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def strata(
+    image_ids: Sequence[str], probs: np.ndarray, masks: np.ndarray, codes: np.ndarray, pathologies: Sequence[str]
+) -> pd.DataFrame:
+    """Per positive (image, pathology) with a mask: the model's verdict and the mask's size class.
+
+    ``prediction`` is ``"true positive"`` where the probability is at least 0.5 and ``"false negative"``
+    otherwise; ``mask_size`` is the tercile (``"small"``, ``"medium"``, ``"large"``) of the mask's area among all
+    the positive pairs. Merge with a score table on ``image, pathology`` and pass ``by=[...]`` to
+    :func:`summarise`.
+
+    Parameters
+    ----------
+    image_ids : sequence of str
+    probs : array ``(n, len(pathologies))``
+        The model's probabilities (any :class:`~helpers.heatmaps.HeatmapSet`'s ``probs``).
+    masks : bool array ``(n, 14, H, W)``
+    codes : array ``(n, 14)``
+    pathologies : sequence of str
+        The columns of ``probs``.
+    """
+    from helpers import labels  # the class-axis order of masks and codes
+
+    rows = []
+    for i, image_id in enumerate(image_ids):
+        for j, pathology in enumerate(pathologies):
+            k = labels.PATHOLOGIES.index(pathology)
+            if codes[i, k] == 1 and masks[i, k].any():
+                rows.append((str(image_id), pathology, probs[i, j] >= 0.5, masks[i, k].mean()))
+    table = pd.DataFrame(rows, columns=["image", "pathology", "predicted", "area"])
+    return table.assign(
+        prediction=np.where(table.pop("predicted"), "true positive", "false negative"),
+        mask_size=pd.qcut(table["area"], 3, labels=["small", "medium", "large"]).astype(str),
+    )
+
+
+def sample_table(codes: np.ndarray, masks: np.ndarray, patients: Sequence[str]) -> pd.DataFrame:
+    """What the explained sample holds: per localisable finding, its positive images (code 1 with a mask) and
+    their patients; pathology ``"all"``: every image, patient and positive pair.
+
+    Columns ``pathology, images, patients, positives``.
+    """
+    from helpers import labels  # the class-axis order of masks and codes
+
+    codes, patients = np.asarray(codes), np.asarray(patients)
+    present = (codes == 1) & np.asarray(masks).reshape(*codes.shape, -1).any(axis=-1)
+    rows = [
+        {
+            "pathology": name,
+            "images": int(present[:, k].sum()),
+            "patients": len(set(patients[present[:, k]])),
+            "positives": int(present[:, k].sum()),
+        }
+        for k, name in enumerate(labels.PATHOLOGIES)
+        if name in labels.LOCALISABLE
+    ]
+    total = {"pathology": "all", "images": len(codes), "patients": len(set(patients)), "positives": int(present.sum())}
+    return pd.DataFrame([*rows, total])

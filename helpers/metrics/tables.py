@@ -1,4 +1,8 @@
-"""Tables and verdicts from summaries: pooled means with CIs beside published anchors, granularity, hit rate."""
+"""Tables and structured outcomes from summaries and paired comparisons: numbers only, no sentences.
+
+A notebook or the README states what these return; no conclusion is written here. Published scores on other
+data (SHAMSUL, CheXlocalize) are cited in the notebooks' text, not mixed into the tables.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,29 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from helpers.metrics.statistics import paired_differences
+#: +1 where a higher value is better, -1 where lower is better; metrics not listed have no better direction.
+BETTER = {
+    "hit": 1,
+    "hit_any": 1,
+    "near_hit": 1,
+    "hit_multi": 1,
+    "distance_px": -1,
+    "iou": 1,
+    "mass_accuracy": 1,
+    "rank_accuracy": 1,
+    "pixel_auroc": 1,
+    "resolution_gap": -1,
+    "boundary_f1": 1,
+    "separation": 1,
+    "deletion_auc": -1,
+    "insertion_auc": 1,
+    "cf_deletion_auc": -1,
+    "cf_insertion_auc": 1,
+}
 
-#: Published scores on *other data* (real CheXpert), shown beside ours and labelled as such.
-ANCHORS = [
-    {"method": "Grad-CAM (SHAMSUL 2023, CheXpert: other data)", "iou": 0.153},
-    {"method": "LRP (SHAMSUL 2023, CheXpert: other data)", "iou": 0.104},
-    {"method": "Grad-CAM (CheXlocalize 2022, CheXpert test: other data)", "hit": 0.58, "iou": 0.28},
-]
 
-
-def results_table(
-    summary: pd.DataFrame, methods: Sequence[str], metric_names: Sequence[str], anchors: Sequence[dict] = ANCHORS
-) -> pd.DataFrame:
-    """Pooled means with 95% CIs, ``"0.43 [0.35, 0.51]"``, one row per method, then the anchors' rows."""
+def results_table(summary: pd.DataFrame, methods: Sequence[str], metric_names: Sequence[str]) -> pd.DataFrame:
+    """Pooled means with 95% CIs, ``"0.430 [0.350, 0.510]"``, one row per method that has any of the metrics."""
     pooled = summary[summary["pathology"] == "all"].set_index(["method", "metric"])
     rows = []
     for method in methods:
@@ -29,72 +42,34 @@ def results_table(
                 r = pooled.loc[(method, metric)]
                 row[metric] = f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         rows.append(row)
-    rows += [{"method": a["method"], **{m: f"{a[m]:.3f}" for m in metric_names if m in a}} for a in anchors]
     return pd.DataFrame(rows, columns=["method", *metric_names])
 
 
-def granularity_verdict(
-    scores: pd.DataFrame, lrp_method: str, cam_method: str, n_boot: int = 1000, seed: int = 0
-) -> tuple[str, pd.DataFrame]:
-    """Is ``lrp_method`` more granular than ``cam_method``? Paired differences of resolution and Gini.
+def outcome(comparison: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Adds ``outcome`` to a :func:`~helpers.metrics.statistics.compare` table: is ``a`` better than ``b``?
 
-    Granular means a smaller effective resolution (finer detail) and a higher Gini sparseness. The claim
-    holds when both paired 95% CIs exclude zero in that direction, fails when either excludes zero the
-    other way, and is undecided otherwise.
+    ``+1``: ``a`` is better (Holm-corrected p < ``alpha`` and the CI of the difference excludes 0 in the better
+    direction of :data:`BETTER`); ``-1``: ``b`` is better the same way; ``0``: not distinguishable (or the metric
+    has no better direction).
     """
-    differences = paired_differences(scores, lrp_method, cam_method, n_boot, seed)
-    pooled = differences[
-        (differences["pathology"] == "all") & differences["metric"].isin(["resolution_px", "gini"])
-    ].set_index("metric")
-    finer = pooled.loc["resolution_px", "ci_high"] < 0 and pooled.loc["gini", "ci_low"] > 0
-    coarser = pooled.loc["resolution_px", "ci_low"] > 0 or pooled.loc["gini", "ci_high"] < 0
-    verdict = "supported" if finer else "contradicted" if coarser else "undecided"
-    text = (
-        f"'LRP is more granular than Grad-CAM' is {verdict} for {lrp_method} vs {cam_method}: effective "
-        f"resolution differs by {pooled.loc['resolution_px', 'mean_difference']:+.1f} px (95% CI "
-        f"{pooled.loc['resolution_px', 'ci_low']:+.1f} to {pooled.loc['resolution_px', 'ci_high']:+.1f}), Gini "
-        f"sparseness by {pooled.loc['gini', 'mean_difference']:+.3f} ({pooled.loc['gini', 'ci_low']:+.3f} to "
-        f"{pooled.loc['gini', 'ci_high']:+.3f}), over {int(pooled.loc['gini', 'n'])} images."
-    )
-    return text, pooled.reset_index()
+    direction = comparison["metric"].map(BETTER).fillna(0)
+    better = direction * comparison["ci_low"].where(direction > 0, comparison["ci_high"]) > 0
+    worse = direction * comparison["ci_high"].where(direction > 0, comparison["ci_low"]) < 0
+    significant = comparison["p_holm"] < alpha
+    result = (better & significant).astype(int) - (worse & significant).astype(int)
+    return comparison.assign(outcome=result.where(direction != 0, 0))
 
 
-def hit_rate_diagnosis(
-    summary: pd.DataFrame, methods: Sequence[str], reference: str = "occlusion", target: float = 0.8
-) -> str:
-    """Who is at fault when no method reaches a ``target`` hit rate: the methods, the metric, or the model?
-
-    Occlusion of the same model is the reference: it needs no gradients and reads the model's behaviour
-    directly. If even its maximum is rarely near the mask, the model (or the data it learnt from) does not
-    look at the findings. If its maximum is near the mask (``near_hit``) but not always inside, the strict
-    hit is asking for more than the image resolution gives on thin and small masks; methods whose near-hit
-    rate stays far below the reference's miss the findings themselves.
-    """
-    pooled = summary[summary["pathology"] == "all"].set_index(["metric", "method"])
-
-    def text(metric, method):
-        r = pooled.loc[(metric, method)]
-        return f"{method} {r['mean']:.2f} (95% CI {r['ci_low']:.2f}-{r['ci_high']:.2f})"
-
-    hits = pooled.loc["hit"]["mean"]
-    best = hits.loc[list(methods)].idxmax()
-    if hits[best] >= target:
-        return f"Hit rate: {text('hit', best)} reaches the {target} target."
-    if reference not in hits.index:
-        return f"No method reaches a hit rate of {target} (best: {text('hit', best)}); run occlusion to find out why."
-    near = pooled.loc["near_hit"]["mean"]
-    if near[reference] < target:
-        return (
-            f"No method reaches a hit rate of {target} (best: {text('hit', best)}), and even occlusion's maximum "
-            f"is near the finding too rarely ({text('near_hit', reference)} within 1/16 of the width): the model "
-            f"does not rely on the findings' locations, so the model or its data is at fault."
+def against_reference(
+    comparison: pd.DataFrame, metric_names: Sequence[str], digits: int = 3, reference: str | None = None
+) -> pd.DataFrame:
+    """Wide table from an :func:`outcome` table: per method ``a``, ``"+0.120 [+0.05, +0.19] p=0.003 (+1)"``
+    per metric: difference to the reference method ``b`` with its CI, Holm p-value and outcome."""
+    rows = comparison if reference is None else comparison[comparison["b"] == reference]
+    table = {}
+    for _, r in rows.iterrows():
+        table.setdefault(r["a"], {"method": r["a"], "versus": r["b"]})[r["metric"]] = (
+            f"{r['mean_difference']:+.{digits}f} [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}] "
+            f"p={r['p_holm']:.2g} ({int(r['outcome']):+d})"
         )
-    near_best = near.loc[list(methods)].idxmax()
-    return (
-        f"No method reaches a hit rate of {target} (best: {text('hit', best)}); occlusion of the same model "
-        f"reaches {text('hit', reference)}. Its maximum lies within 1/16 of the width of the mask far more often "
-        f"({text('near_hit', reference)}), so the model does look at the findings and the phantom's masks are "
-        f"where it looks: the strict hit fails on thin and small masks (support devices, pleural thickening, "
-        f"fractures) at this resolution. The gradient methods are at fault beyond that: their maxima are that "
-        f"near in at most {text('near_hit', near_best)}."
-    )
+    return pd.DataFrame(list(table.values()), columns=["method", "versus", *metric_names])

@@ -16,6 +16,14 @@ with one finding's strength set to 0 gives the image without that finding and no
 """
 
 from helpers.phantom.anatomy import Geometry
+from helpers.phantom.counterfactual import (
+    Counterfactual,
+    PhantomReplay,
+    ReplayedImage,
+    ReplayError,
+    render_without,
+    replay,
+)
 from helpers.phantom.findings import FINDINGS_BY_NAME, REGISTRY, Finding
 from helpers.phantom.labels import (
     FINDINGS,
@@ -33,6 +41,7 @@ from helpers.phantom.writer import BATCH, MANIFEST, generate, patient_batches
 
 __all__ = [
     "BATCH",
+    "Counterfactual",
     "DETECTOR_PSF",
     "FINDINGS",
     "FINDINGS_BY_NAME",
@@ -42,8 +51,11 @@ __all__ = [
     "MASK_THRESHOLD",
     "PATHOLOGIC",
     "PATIENT_KEYS",
+    "PhantomReplay",
     "POSITIVE_STRENGTH",
     "REGISTRY",
+    "ReplayError",
+    "ReplayedImage",
     "UNCERTAIN_STRENGTH",
     "chexpert_stats",
     "drawing_strength",
@@ -51,6 +63,8 @@ __all__ = [
     "patient_batches",
     "patients",
     "render",
+    "render_without",
+    "replay",
     "sample_labels",
     "sample_scene",
     "study_scenes",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,21 +111,59 @@ def generate(
 
 def _write_dataset(folder: Path, manifest: dict, progress: bool) -> None:
     """Both splits, their CSVs, the masks and (last) the manifest, into the empty ``folder``."""
-    rng = np.random.default_rng(manifest["seed"])
-    options = {
-        "shape": (manifest.get("height", manifest["image_size"]), manifest["image_size"]),
-        "min_prevalence": manifest["min_prevalence"],
-        "quality": manifest["jpeg_quality"],
-        "progress": progress,
-    }
+    shape = (manifest.get("height", manifest["image_size"]), manifest["image_size"])
     masks: dict[str, dict] = {}
-    train = _write_split(folder, "train", manifest["n_images"], 1, rng, masks, **options)
-    first_valid_patient = int(train["Path"].str.extract(r"patient(\d+)", expand=False).astype(int).max()) + 1
-    valid = _write_split(folder, "valid", manifest["n_valid"], first_valid_patient, rng, masks, **options)
-    train.to_csv(folder / "train.csv", index=False)
-    valid.to_csv(folder / "valid.csv", index=False)
+    for split, plan in sample_splits(manifest).items():
+        _write_split(folder, split, plan, masks, shape=shape, quality=manifest["jpeg_quality"], progress=progress)
+        plan.frame.to_csv(folder / f"{split}.csv", index=False)
     (folder / "gt_segmentations.json").write_text(json.dumps(masks))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """One split as sampled before rendering: its CSV rows, and per row the patient, scene and strengths.
+
+    Attributes
+    ----------
+    frame : DataFrame
+        The split's CSV rows (``Path``, metadata and the 14 label codes).
+    patient : numpy.ndarray
+        0-based patient index per row (the batches of :func:`patient_batches` follow it).
+    scene : dict of numpy.ndarray
+        :func:`helpers.phantom.study_scenes` of the rows.
+    strength : numpy.ndarray
+        ``(n, 13)`` drawing strengths (:func:`helpers.phantom.drawing_strength`).
+    """
+
+    frame: pd.DataFrame
+    patient: np.ndarray
+    scene: dict[str, np.ndarray]
+    strength: np.ndarray
+
+
+def sample_splits(manifest: dict) -> dict[str, SplitPlan]:
+    """``{"train": ..., "valid": ...}``: every random draw of a phantom, from its manifest, in the writer's order.
+
+    Rendering draws from no shared generator (only from each scene's ``batch_seed``), so these plans are
+    all a phantom's randomness: :func:`generate` renders them, and :mod:`helpers.phantom.counterfactual`
+    replays them to render a written phantom's images again, with or without findings.
+    """
+    rng = np.random.default_rng(manifest["seed"])
+    train = _sample_split("train", manifest["n_images"], 1, rng, manifest["min_prevalence"])
+    first_valid_patient = int(train.frame["Path"].str.extract(r"patient(\d+)", expand=False).astype(int).max()) + 1
+    valid = _sample_split("valid", manifest["n_valid"], first_valid_patient, rng, manifest["min_prevalence"])
+    return {"train": train, "valid": valid}
+
+
+def _sample_split(split: str, n: int, first_patient: int, rng: np.random.Generator, min_prevalence: float) -> SplitPlan:
+    """One split's rows, scenes and strengths (``valid`` has no uncertain labels, as CheXpert's)."""
+    patient, study = patients(n, rng)
+    frame = _metadata(split, patient + first_patient, study, rng)
+    codes = sample_labels(n, rng, min_prevalence, allow_uncertain=split == "train")
+    frame[list(PATHOLOGIES)] = codes
+    scene = study_scenes(patient, rng, ap=frame["AP/PA"].to_numpy() == "AP")
+    return SplitPlan(frame, patient, scene, drawing_strength(codes, rng))
 
 
 def _existing_manifest(root: Path) -> dict | None:
@@ -152,43 +191,37 @@ def _replace_folder(new: Path, root: Path) -> None:
 
 
 def _write_split(
-    folder: Path,
-    split: str,
-    n: int,
-    first_patient: int,
-    rng: np.random.Generator,
-    masks: dict,
-    *,
-    shape: tuple[int, int],
-    min_prevalence: float,
-    quality: int,
-    progress: bool,
-) -> pd.DataFrame:
-    """Sample one split's rows and write its images; adds its masks to ``masks`` and returns its CSV rows."""
-    patient, study = patients(n, rng)
-    frame = _metadata(split, patient + first_patient, study, rng)
-    codes = sample_labels(n, rng, min_prevalence, allow_uncertain=split == "train")
-    frame[list(PATHOLOGIES)] = codes
-    scene = study_scenes(patient, rng, ap=frame["AP/PA"].to_numpy() == "AP")
-    strength = drawing_strength(codes, rng)
-    ids = [_image_id(path) for path in frame["Path"]]
-    batches = patient_batches(patient)
+    folder: Path, split: str, plan: SplitPlan, masks: dict, *, shape: tuple[int, int], quality: int, progress: bool
+) -> None:
+    """Render and write one split's images; adds its masks to ``masks``."""
+    ids = [_image_id(path) for path in plan.frame["Path"]]
+    batches = patient_batches(plan.patient)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"phantom {split}", unit="batch")
     for start, stop in batches:
-        rows = slice(start, stop)
-        images, drawn = render({k: v[rows] for k, v in scene.items()}, strength[rows], max(shape))
-        if images.shape[1:] != shape:
-            images, drawn = _resize_rendered(images, drawn, shape)
+        images, drawn = render_rows(plan.scene, plan.strength, start, stop, shape)
         for row, image, image_masks in zip(range(start, stop), images, drawn):
-            first_study = row == 0 or patient[row] != patient[row - 1]
-            _save_jpeg(
-                folder / Path(frame["Path"].iat[row]).relative_to("CheXpert-v1.0-small"), image, quality, first_study
-            )
+            first_study = row == 0 or plan.patient[row] != plan.patient[row - 1]
+            path = folder / Path(plan.frame["Path"].iat[row]).relative_to("CheXpert-v1.0-small")
+            _save_jpeg(path, image, quality, first_study)
             masks[ids[row]] = dict(zip(FINDINGS, _encode_stack(image_masks)))
-    return frame
+
+
+def render_rows(
+    scene: dict[str, np.ndarray], strength: np.ndarray, start: int, stop: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start:stop`` (one of :func:`patient_batches`) rendered as :func:`generate` writes them.
+
+    Float images ``(n, height, width)`` in [0, 1] and masks ``(n, 13, height, width)``: rendered square at
+    the larger side of ``shape`` and resized to it when it is not square.
+    """
+    rows = slice(start, stop)
+    images, drawn = render({k: v[rows] for k, v in scene.items()}, strength[rows], max(shape))
+    if images.shape[1:] != shape:
+        images, drawn = _resize_rendered(images, drawn, shape)
+    return images, drawn
 
 
 def patient_batches(patient: np.ndarray) -> list[tuple[int, int]]:
@@ -253,7 +286,12 @@ def _save_jpeg(path: Path, image: np.ndarray, quality: int, first_study: bool) -
     if first_study:  # one mkdir per study and one per patient: metadata calls are slow on some disks
         path.parent.parent.mkdir(parents=True)
     path.parent.mkdir()
-    Image.fromarray((image * 255.0 + 0.5).astype(np.uint8)).save(path, quality=quality)
+    Image.fromarray(to_uint8(image)).save(path, quality=quality)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Rendered float images in [0, 1] as the grey levels written to the JPEGs (rounded)."""
+    return (images * 255.0 + 0.5).astype(np.uint8)
 
 
 def _encode_stack(image_masks: np.ndarray) -> list[dict]:

@@ -1,0 +1,187 @@
+"""The README's results block and the seed table, generated from a run's metric tables (never typed by hand).
+
+``python -m helpers.report readme <profile> README.md`` replaces the text between the README's
+``<!-- results:begin -->`` and ``<!-- results:end -->`` markers with tables rendered from
+``runs/<profile>/metrics/*.csv`` (written by notebook 05). ``python -m helpers.report seeds <profile> ...``
+combines the runs of several training seeds into ``runs/<first profile>/metrics/seeds_*.csv``. Outcomes are
+rendered from the structured columns the metrics computed (``outcome``, ``passes``); no conclusion is written
+here that a table does not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from helpers import metrics
+from helpers.io import atomic_path
+from helpers.run import Run
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+#: Readable names for the tables.
+LABELS = {
+    "gradcam": "Grad-CAM (head, 4x4 at 128 px)",
+    "gradcam_2x": "Grad-CAM at 2x (transition 3)",
+    "gradcam_4x": "Grad-CAM at 4x (transition 2)",
+    "lrp_epsilon_plus_flat": "LRP EpsilonPlusFlat",
+    "lrp_epsilon_gamma_box": "LRP EpsilonGammaBox",
+    "lrp_epsilon_alpha2_beta1_flat": "LRP EpsilonAlpha2Beta1Flat",
+    "lrp_z": "zennit analogue of iNNvestigate's LRPZ (LRP-0)",
+    "lrp_epsilon": "zennit analogue of iNNvestigate's LRPEpsilon (eps = 1)",
+    "lrp_alpha2_beta1": "zennit analogue of iNNvestigate's LRPAlpha2Beta1",
+    "lrp_deep_taylor": "zennit analogue of iNNvestigate's DeepTaylor (z+)",
+    "occlusion": "occlusion (gradient-free reference)",
+    "gradient": "Gradient (saliency)",
+    "gradient_x_input": "Gradient x Input",
+    "smoothgrad": "SmoothGrad",
+    "integrated_gradients": "Integrated Gradients",
+    "prior": "*baseline:* finding prior",
+    "random": "*baseline:* random map",
+    "edge": "*baseline:* edge map (Sobel)",
+}
+OUTCOME = {1: "better", 0: "not distinguishable", -1: "worse"}
+
+
+def label(method: str) -> str:
+    """The readable name of a method (its registered name when it has none)."""
+    return LABELS.get(method, method)
+
+
+def _cell(row: pd.Series, digits: int = 2) -> str:
+    return f"{row['mean']:.{digits}f} ({row['ci_low']:.{digits}f}-{row['ci_high']:.{digits}f})"
+
+
+def _difference(row: pd.Series, digits: int = 2) -> str:
+    return (
+        f"{row['mean_difference']:+.{digits}f} ({row['ci_low']:+.{digits}f} to {row['ci_high']:+.{digits}f}), "
+        f"p={row['p_holm']:.2g}: {OUTCOME[int(row['outcome'])]}"
+    )
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def pooled_with_differences(
+    summary: pd.DataFrame, versus: pd.DataFrame, metric_names: Sequence[str], methods: Sequence[str]
+) -> pd.DataFrame:
+    """One row per method: pooled mean (CI) of each metric and its paired difference to the reference."""
+    pooled = summary[summary["pathology"] == "all"].set_index(["method", "metric"])
+    differences = versus.set_index(["a", "metric"])
+    rows = []
+    for method in methods:
+        row = {"method": label(method)}
+        for metric in metric_names:
+            if (method, metric) in pooled.index:
+                row[metric] = _cell(pooled.loc[(method, metric)])
+            if (method, metric) in differences.index:
+                row[f"{metric} vs {versus['b'].iloc[0]}"] = _difference(differences.loc[(method, metric)])
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def results_markdown(run: Run) -> str:
+    """The results block of ``run``: sample, localisation against the prior, granularity, sanity, faithfulness."""
+    summary, versus_prior = run.table("summary"), run.table("versus_prior")
+    explained, granularity, sanity = run.table("explained"), run.table("granularity"), run.table("sanity")
+    methods = list(dict.fromkeys(summary["method"]))
+    sections = [
+        _sample_text(explained),
+        "**Localisation, and each method's paired difference to the finding prior** (mean, 95% CI by patient, "
+        "Holm-corrected Wilcoxon p over every method x metric):",
+        _markdown(pooled_with_differences(summary, versus_prior, ["hit", "mass_accuracy", "iou"], methods)),
+        "**Granularity against the ground truth** (paired differences, method minus Grad-CAM at the named layer; "
+        "resolution gap lower is better, boundary F1 and separation higher):",
+        _markdown(_granularity_rows(granularity)),
+        "**Sanity** (model randomisation; `passes` is decided on the sign-insensitive similarity):",
+        _markdown(_sanity_rows(sanity)),
+    ]
+    seeds = run.table_path("seeds_versus_prior")
+    if seeds.is_file():
+        sections += [
+            "**Across training seeds** (difference to the prior; direction +1 / -1 only where every seed agrees "
+            "with Holm p < 0.05):",
+            _markdown(_seed_rows(pd.read_csv(seeds))),
+        ]
+    return "\n\n".join(sections)
+
+
+def _sample_text(explained: pd.DataFrame) -> str:
+    total = explained[explained["pathology"] == "all"].iloc[0]
+    per = explained[explained["pathology"] != "all"]
+    return (
+        f"{int(total['images'])} test images of {int(total['patients'])} patients, {int(total['positives'])} "
+        f"positive (image, finding) pairs; positives per localisable finding {int(per['positives'].min())}-"
+        f"{int(per['positives'].max())}."
+    )
+
+
+def _granularity_rows(granularity: pd.DataFrame) -> pd.DataFrame:
+    rows = {}
+    for _, r in granularity.iterrows():
+        row = rows.setdefault((r["a"], r["b"]), {"method": label(r["a"]), "versus": label(r["b"])})
+        row[r["metric"]] = _difference(r)
+    return pd.DataFrame(list(rows.values())).fillna("")
+
+
+def _sanity_rows(sanity: pd.DataFrame) -> pd.DataFrame:
+    table = sanity.assign(method=sanity["method"].map(label))
+    keep = [c for c in ("method", "mode", "stage", "similarity", "mean", "sd", "n", "passes") if c in table]
+    return table[keep].round(3)
+
+
+def _seed_rows(seeds: pd.DataFrame) -> pd.DataFrame:
+    keep = ["a", "metric", "seed_mean_difference", "seed_sd_difference", "max_p_holm", "n_seeds", "direction"]
+    return seeds[keep].assign(a=seeds["a"].map(label)).round(3)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with everything between :data:`BEGIN` and :data:`END` replaced by ``block``."""
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"No {BEGIN} ... {END} markers: add them where the results block belongs.")
+    return pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text)
+
+
+def write_readme(profile: str, readme: Path) -> None:
+    """Rewrite the results block of ``readme`` from the run of ``profile`` (atomically)."""
+    text = replace_block(readme.read_text(), results_markdown(Run(profile, device="cpu")))
+    with atomic_path(readme) as tmp:
+        tmp.write_text(text)
+
+
+def write_seed_tables(profiles: Sequence[str]) -> None:
+    """Seed-to-seed spread of the pooled summaries, and whether each difference to the prior holds in every
+    seed, into the first profile's metrics folder (``seeds_summary.csv``, ``seeds_versus_prior.csv``)."""
+    runs = [Run(p, device="cpu") for p in profiles]
+    seeds = {k: run for k, run in enumerate(runs)}
+    summaries = {k: r.table("summary").query("pathology == 'all'") for k, r in seeds.items()}
+    comparisons = {k: r.table("versus_prior") for k, r in seeds.items()}
+    runs[0].save_table(metrics.across_seeds(summaries, ["method", "metric"]), "seeds_summary")
+    runs[0].save_table(metrics.holds_across_seeds(comparisons), "seeds_versus_prior")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    readme = commands.add_parser("readme", help="rewrite the README's results block from a run")
+    readme.add_argument("profile")
+    readme.add_argument("readme", type=Path)
+    seeds = commands.add_parser("seeds", help="combine runs of several training seeds")
+    seeds.add_argument("profiles", nargs="+")
+    args = parser.parse_args(argv)
+    if args.command == "readme":
+        write_readme(args.profile, args.readme)
+    else:
+        write_seed_tables(args.profiles)
+
+
+if __name__ == "__main__":
+    main()

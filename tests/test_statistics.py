@@ -1,0 +1,93 @@
+"""Statistics a reviewer accepts: patient-clustered bootstrap, paired tests with Holm, seeds; outcomes that flip."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import metrics
+
+
+def _scores(per_method: dict[str, np.ndarray], metric: str = "hit", pathology: str = "Edema") -> pd.DataFrame:
+    rows = [
+        (f"i{i}", pathology, method, metric, float(v))
+        for method, values in per_method.items()
+        for i, v in enumerate(values)
+    ]
+    return pd.DataFrame(rows, columns=metrics.COLUMNS)
+
+
+def test_clustered_bootstrap_is_wider_when_a_patients_images_agree():
+    """Ten images per patient with one value each: 5 independent observations, not 50."""
+    patient_values = np.random.default_rng(0).normal(0, 1, 5)
+    values = np.repeat(patient_values, 10)
+    patients = np.repeat([f"p{k}" for k in range(5)], 10)
+    low_i, high_i = metrics.bootstrap_ci(values, n_boot=2000)
+    low_p, high_p = metrics.bootstrap_ci(values, n_boot=2000, clusters=patients)
+    assert (high_p - low_p) > 2.5 * (high_i - low_i)  # about sqrt(10) wider
+    assert np.isnan(metrics.bootstrap_ci(values, clusters=["one"] * 50)[0])  # one patient: no CI
+
+
+def test_summarise_counts_patients_and_resamples_them():
+    scores = _scores({"a": np.repeat([0.0, 1.0, 0.0, 1.0], 5)})
+    patients = {f"i{i}": f"p{i // 5}" for i in range(20)}
+    summary = metrics.summarise(scores, n_boot=200, patients=patients).set_index("pathology")
+    assert summary.loc["Edema", "n"] == 20 and summary.loc["Edema", "n_patients"] == 4
+    image_level = metrics.summarise(scores, n_boot=200).set_index("pathology")
+    width = lambda s: s.loc["Edema", "ci_high"] - s.loc["Edema", "ci_low"]
+    assert width(summary) > width(image_level)
+
+
+def test_compare_reports_holm_corrected_paired_tests_and_outcomes():
+    rng = np.random.default_rng(1)
+    prior = rng.random(40)
+    scores = _scores({"prior": prior, "better": prior + 0.2 + 0.01 * rng.random(40), "same": prior + 0.0})
+    scores = pd.concat([scores, _scores({"noise": prior + rng.normal(0, 0.05, 40)})])
+    table = metrics.compare(scores, [("better", "prior"), ("same", "prior"), ("noise", "prior")], ["hit"], n_boot=200)
+    table = metrics.outcome(table).set_index("a")
+    assert table.loc["better", "outcome"] == 1 and table.loc["better", "p_holm"] < 1e-6
+    assert table.loc["same", "outcome"] == 0 and table.loc["same", "p_value"] == 1.0  # does not beat the prior
+    assert table.loc["noise", "outcome"] == 0
+    assert (table["p_holm"] >= table["p_value"]).all()
+    assert table["p_holm"].min() == pytest.approx(min(1.0, 3 * table["p_value"].min()))
+
+
+def test_outcome_follows_the_metric_direction():
+    prior = np.linspace(0.1, 0.9, 30)
+    scores = pd.concat(
+        [
+            _scores({"prior": prior, "m": prior + 0.1}, metric="deletion_auc"),  # higher deletion AUC is worse
+            _scores({"prior": prior, "m": prior + 0.1}, metric="hit"),
+        ]
+    )
+    table = metrics.outcome(metrics.compare(scores, [("m", "prior")], ["deletion_auc", "hit"], n_boot=200))
+    assert table.set_index("metric")["outcome"].to_dict() == {"deletion_auc": -1, "hit": 1}
+
+
+def test_a_difference_holds_across_seeds_only_if_every_seed_agrees():
+    def comparison(difference, p):
+        return pd.DataFrame(
+            [{"a": "m", "b": "prior", "metric": "hit", "pathology": "all", "mean_difference": difference, "p_holm": p}]
+        )
+
+    agreeing = {0: comparison(0.1, 0.001), 1: comparison(0.12, 0.01), 2: comparison(0.08, 0.02)}
+    assert metrics.holds_across_seeds(agreeing)["direction"].item() == 1
+    reversed_once = {**agreeing, 2: comparison(-0.05, 0.01)}
+    assert metrics.holds_across_seeds(reversed_once)["direction"].item() == 0
+    weak_once = {**agreeing, 2: comparison(0.08, 0.2)}
+    assert metrics.holds_across_seeds(weak_once)["direction"].item() == 0
+
+
+def test_across_seeds_reports_the_spread():
+    tables = {
+        s: pd.DataFrame({"method": ["a"], "metric": ["hit"], "mean": [v]}) for s, v in ((0, 0.4), (1, 0.5), (2, 0.6))
+    }
+    row = metrics.across_seeds(tables, ["method", "metric"]).iloc[0]
+    assert row["seed_mean"] == pytest.approx(0.5) and row["seed_sd"] == pytest.approx(0.1)
+    assert (row["seed_min"], row["seed_max"], row["n_seeds"]) == (0.4, 0.6, 3)
+    assert row["seed_1"] == 0.5
+
+
+def test_results_table_has_no_published_anchor_rows():
+    summary = metrics.summarise(_scores({"a": np.linspace(0, 1, 10)}), n_boot=50)
+    table = metrics.results_table(summary, ["a"], ["hit"])
+    assert table["method"].tolist() == ["a"] and table.loc[0, "hit"].startswith("0.500 [")
