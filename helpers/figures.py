@@ -33,11 +33,51 @@ STYLE = {
 }
 
 
+#: Readable method names for figures and tables (the paper's rows are zennit analogues of iNNvestigate's analysers).
+METHOD_LABELS = {
+    "gradcam": "Grad-CAM (head, 4x4 at 128 px)",
+    "gradcam_2x": "Grad-CAM at 2x (transition 3)",
+    "gradcam_4x": "Grad-CAM at 4x (transition 2)",
+    "lrp_epsilon_plus_flat": "LRP EpsilonPlusFlat",
+    "lrp_epsilon_gamma_box": "LRP EpsilonGammaBox",
+    "lrp_epsilon_alpha2_beta1_flat": "LRP EpsilonAlpha2Beta1Flat",
+    "lrp_z": "zennit analogue of iNNvestigate's LRPZ (LRP-0)",
+    "lrp_epsilon": "zennit analogue of iNNvestigate's LRPEpsilon (eps = 1)",
+    "lrp_alpha2_beta1": "zennit analogue of iNNvestigate's LRPAlpha2Beta1",
+    "lrp_deep_taylor": "zennit analogue of iNNvestigate's DeepTaylor (z+)",
+    "occlusion": "occlusion (gradient-free reference)",
+    "gradient": "Gradient (saliency)",
+    "gradient_x_input": "Gradient x Input",
+    "smoothgrad": "SmoothGrad",
+    "integrated_gradients": "Integrated Gradients",
+    "prior": "baseline: finding prior",
+    "random": "baseline: random map",
+    "edge": "baseline: edge map (Sobel)",
+}
+
+
+def method_label(method: str) -> str:
+    """The readable name of a method (its registered name when it has none)."""
+    return METHOD_LABELS.get(method, method)
+
+
 @contextlib.contextmanager
 def paper_style():
-    """Matplotlib settings for every chexplain figure."""
-    with matplotlib.rc_context(STYLE):
-        yield
+    """Matplotlib settings for every chexplain figure.
+
+    Interactive mode survives the context: Jupyter's inline backend switches it on when the first figure is
+    made, inside this context, and ``rc_context`` would switch it off again on exit; pyplot would then never
+    display a later figure (the executed notebooks lost every figure after the first).
+    """
+    interactive = matplotlib.is_interactive()
+    try:
+        with matplotlib.rc_context(STYLE):
+            try:
+                yield
+            finally:
+                interactive = matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(interactive)
 
 
 def save_figure(fig: plt.Figure, number: int, slug: str, folder: str | Path) -> list[Path]:
@@ -241,7 +281,7 @@ def plot_metric_by_pathology(
                     elinewidth=0.7,
                     capsize=1,
                     color=palette[method],
-                    label=method,
+                    label=method_label(method),
                 )
             ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
             ax.set_ylabel((titles or {}).get(metric, metric))
@@ -276,7 +316,7 @@ def plot_randomisation(
                     group = group.set_index("stage").reindex(list(stages))
                     ax.errorbar(
                         range(len(stages)), group["mean"], yerr=group["std"], marker="o", markersize=2,
-                        linewidth=0.8, elinewidth=0.5, capsize=1, label=method,
+                        linewidth=0.8, elinewidth=0.5, capsize=1, label=method_label(method),
                     )  # fmt: skip
                 ax.axhline(threshold, linestyle="--", color="0.5", linewidth=0.7)
                 ax.set_xticks(range(len(stages)), list(stages), rotation=40, ha="right")

@@ -18,37 +18,12 @@ from pathlib import Path
 import pandas as pd
 
 from helpers import metrics
+from helpers.figures import method_label as label
 from helpers.io import atomic_path
 from helpers.run import Run
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-#: Readable names for the tables.
-LABELS = {
-    "gradcam": "Grad-CAM (head, 4x4 at 128 px)",
-    "gradcam_2x": "Grad-CAM at 2x (transition 3)",
-    "gradcam_4x": "Grad-CAM at 4x (transition 2)",
-    "lrp_epsilon_plus_flat": "LRP EpsilonPlusFlat",
-    "lrp_epsilon_gamma_box": "LRP EpsilonGammaBox",
-    "lrp_epsilon_alpha2_beta1_flat": "LRP EpsilonAlpha2Beta1Flat",
-    "lrp_z": "zennit analogue of iNNvestigate's LRPZ (LRP-0)",
-    "lrp_epsilon": "zennit analogue of iNNvestigate's LRPEpsilon (eps = 1)",
-    "lrp_alpha2_beta1": "zennit analogue of iNNvestigate's LRPAlpha2Beta1",
-    "lrp_deep_taylor": "zennit analogue of iNNvestigate's DeepTaylor (z+)",
-    "occlusion": "occlusion (gradient-free reference)",
-    "gradient": "Gradient (saliency)",
-    "gradient_x_input": "Gradient x Input",
-    "smoothgrad": "SmoothGrad",
-    "integrated_gradients": "Integrated Gradients",
-    "prior": "*baseline:* finding prior",
-    "random": "*baseline:* random map",
-    "edge": "*baseline:* edge map (Sobel)",
-}
 OUTCOME = {1: "better", 0: "not distinguishable", -1: "worse"}
-
-
-def label(method: str) -> str:
-    """The readable name of a method (its registered name when it has none)."""
-    return LABELS.get(method, method)
 
 
 def _cell(row: pd.Series, digits: int = 2) -> str:
@@ -97,8 +72,9 @@ def results_markdown(run: Run) -> str:
         "**Localisation, and each method's paired difference to the finding prior** (mean, 95% CI by patient, "
         "Holm-corrected Wilcoxon p over every method x metric):",
         _markdown(pooled_with_differences(summary, versus_prior, ["hit", "mass_accuracy", "iou"], methods)),
-        "**Granularity against the ground truth** (paired differences, method minus Grad-CAM at the named layer; "
-        "resolution gap lower is better, boundary F1 and separation higher):",
+        "**Granularity against the ground truth** (paired differences, method minus Grad-CAM at the named layer, "
+        "Holm-corrected over the whole table: gap = resolution gap to the mask in px, lower is better; F1 = "
+        "boundary F-score and sep. = separation of two findings, higher is better):",
         _markdown(_granularity_rows(granularity)),
         "**Sanity** (model randomisation; `passes` is decided on the sign-insensitive similarity):",
         _markdown(_sanity_rows(sanity)),
@@ -123,18 +99,54 @@ def _sample_text(explained: pd.DataFrame) -> str:
     )
 
 
+#: Granularity metrics in the README, with short names.
+GRANULARITY_SHOWN = {"resolution_gap": "gap", "boundary_f1": "F1", "separation": "sep."}
+
+
 def _granularity_rows(granularity: pd.DataFrame) -> pd.DataFrame:
+    """One row per challenger, one column per Grad-CAM layer: each metric's difference and outcome."""
     rows = {}
-    for _, r in granularity.iterrows():
-        row = rows.setdefault((r["a"], r["b"]), {"method": label(r["a"]), "versus": label(r["b"])})
-        row[r["metric"]] = _difference(r)
+    for (a, b), group in granularity.groupby(["a", "b"], sort=False):
+        row = rows.setdefault(a, {"method": label(a)})
+        shown = group.set_index("metric").reindex(list(GRANULARITY_SHOWN)).dropna(subset=["mean_difference"])
+        row[f"vs {label(b)}"] = "; ".join(
+            f"{GRANULARITY_SHOWN[m]} {r['mean_difference']:+.2f} ({OUTCOME[int(r['outcome'])]})"
+            for m, r in shown.iterrows()
+        )
     return pd.DataFrame(list(rows.values())).fillna("")
 
 
 def _sanity_rows(sanity: pd.DataFrame) -> pd.DataFrame:
-    table = sanity.assign(method=sanity["method"].map(label))
-    keep = [c for c in ("method", "mode", "stage", "similarity", "mean", "sd", "n", "passes") if c in table]
-    return table[keep].round(3)
+    """Per method: full cascading randomisation (signed and |R| Spearman, SSIM of |R|, HOG, passes), the
+    independent stages passing, and the shuffled-label model."""
+    rows = []
+    for method, own in sanity.groupby("method", sort=False):
+        cascading = own[own["mode"] == "cascading"]
+        full = cascading[cascading["stage"] == cascading["stage"].iloc[-1]].set_index("similarity")
+        independent = own[(own["mode"] == "independent") & (own["similarity"] == "spearman_abs")]
+        data = own[(own["mode"] == "data") & (own["similarity"] == "spearman_abs")]
+        rows.append(
+            {
+                "method": label(method),
+                "all layers randomised: Spearman signed / abs": _pair(full, "spearman", "spearman_abs"),
+                "SSIM abs / HOG": _pair(full, "ssim_abs", "hog"),
+                "passes": _yes(full.loc["spearman_abs", "passes"]) if "spearman_abs" in full.index else "",
+                "independent stages passing": f"{int(independent['passes'].sum())} of {len(independent)}",
+                "shuffled labels: Spearman abs": (
+                    f"{data['mean'].iloc[0]:.2f} ({_yes(data['passes'].iloc[0])})" if len(data) else ""
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _pair(table: pd.DataFrame, first: str, second: str) -> str:
+    values = [f"{table.loc[k, 'mean']:.2f}" if k in table.index else "-" for k in (first, second)]
+    return " / ".join(values)
+
+
+def _yes(passes) -> str:
+    return "passes" if bool(passes) and str(passes) != "False" else "fails"
 
 
 def _seed_rows(seeds: pd.DataFrame) -> pd.DataFrame:

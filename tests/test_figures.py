@@ -56,7 +56,8 @@ def test_metric_by_pathology_draws_one_series_per_method_with_pooled_last():
     fig = figures.plot_metric_by_pathology(pd.DataFrame(rows), ["hit"], ["gradcam", "occlusion"])
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Cardiomegaly", "Edema", "all"]
-    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["gradcam", "occlusion"]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == [figures.method_label("gradcam"), "occlusion (gradient-free reference)"]
 
 
 def test_randomisation_plot_keeps_stage_order():
@@ -81,3 +82,19 @@ def test_examples_mark_pathologies_without_positives():
     fig = figures.plot_examples(np.zeros((2, 8, 8), np.uint8), masks, frame, pathologies=["Edema", "Fracture"])
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert texts == ["no positive"]  # Fracture has none; Edema shows its image
+
+
+def test_paper_style_keeps_the_interactive_mode_a_backend_set_inside_it():
+    """The inline backend turns interactive mode on at the first figure; leaving the style must not undo it."""
+    was, before = matplotlib.is_interactive(), matplotlib.rcParams["legend.fontsize"]
+    try:
+        matplotlib.interactive(False)
+        with figures.paper_style():
+            matplotlib.interactive(True)  # what ipympl / the inline backend do when the first figure is made
+        assert matplotlib.is_interactive()
+        with figures.paper_style():
+            pass
+        assert matplotlib.is_interactive()  # and a later context keeps it
+        assert matplotlib.rcParams["legend.fontsize"] == before  # the style itself is undone
+    finally:
+        matplotlib.interactive(was)

@@ -308,3 +308,16 @@ def test_score_emits_the_ground_truth_metrics():
     assert "class_correlation" not in emitted
     iou_rows = scores[scores["metric"] == "iou"].set_index("pathology")["value"]
     assert iou_rows["Cardiomegaly"] == chexlocalize_iou(maps[0, 2], masks[0, 2])
+
+
+def test_score_gives_a_negative_prediction_an_empty_segmentation():
+    """CheXlocalize's IoU: the same perfect map scores 1 where the model says positive, 0 where it says negative."""
+    mask = np.zeros((1, 14, 32, 32), bool)
+    k = labels.PATHOLOGIES.index("Edema")
+    mask[0, k, 8:20, 8:20] = True
+    maps = mask[:, [k]].astype(np.float32)
+    for probability, expected in ((0.9, 1.0), (0.2, 0.0)):
+        explained = heatmaps.HeatmapSet(maps, ["a"], ["Edema"], "m", probs=np.array([[probability]]))
+        scores = metrics.score(explained, mask, granularity=False, class_sensitivity=False)
+        assert scores.set_index("metric").loc["iou", "value"] == expected
+        assert scores.set_index("metric").loc["mass_accuracy", "value"] == 1.0  # only the IoU is gated

@@ -275,7 +275,7 @@ def score(
             k = labels.PATHOLOGIES.index(pathology)
             heatmap, mask = heatmaps.maps[i, j], masks[i, k]
             if mask.any():
-                rows += _rows(heatmaps, i, pathology, WITH_MASK, heatmap, mask)
+                rows += _rows(heatmaps, i, pathology, _with_prediction(heatmaps, i, j), heatmap, mask)
             if granularity and (codes is None or codes[i, k] == 1):
                 rows += _rows(heatmaps, i, pathology, SINGLE_MAP, heatmap)
         if class_sensitivity:
@@ -289,6 +289,14 @@ def score(
         if len(pairs):  # concatenating an empty frame is deprecated in pandas
             table = pd.concat([table, pairs.groupby(COLUMNS[:4], sort=False, as_index=False)["value"].mean()])
     return table.reset_index(drop=True)
+
+
+def _with_prediction(heatmaps: HeatmapSet, i: int, j: int) -> dict:
+    """:data:`WITH_MASK` with ``iou`` gated by the model's prediction, as CheXlocalize does: a probability below
+    0.5 (a negative prediction) gives an empty segmentation. A set without probabilities counts as positive."""
+    probability = heatmaps.probs[i, j]
+    positive = bool(np.isnan(probability) or probability >= 0.5)
+    return {**WITH_MASK, "iou": lambda heatmap, mask: chexlocalize_iou(heatmap, mask, positive)}
 
 
 def _rows(heatmaps: HeatmapSet, i: int, pathology: str, functions: Mapping, *arrays: np.ndarray) -> list[tuple]:

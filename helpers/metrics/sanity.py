@@ -226,20 +226,6 @@ def cascading_randomisation(
     return model_randomisation(model, inputs, explainer, pairs, image_ids, seed, mode="cascading", stages=stages)
 
 
-def independent_randomisation(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    explainer: Explainer,
-    pairs: Sequence[tuple[int, str]],
-    image_ids: Sequence[str] | None = None,
-    seed: int = 0,
-    *,
-    stages: Sequence[tuple[str, Sequence[str]]] | None = None,
-) -> pd.DataFrame:
-    """:func:`model_randomisation` with ``mode="independent"``: one stage re-initialised at a time."""
-    return model_randomisation(model, inputs, explainer, pairs, image_ids, seed, mode="independent", stages=stages)
-
-
 def data_randomisation(trained: HeatmapSet, other: HeatmapSet, pairs: Sequence[tuple[int, str]]) -> pd.DataFrame:
     """Data randomisation test (Adebayo et al. 2018): the trained model's maps against another model's.
 

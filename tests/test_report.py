@@ -1,0 +1,85 @@
+"""The README's results block is generated from a run's tables, between markers, and states their outcomes."""
+
+import pandas as pd
+import pytest
+
+from helpers import report
+from helpers.run import Run
+
+
+def _difference_row(a, b, metric, difference, outcome):
+    return {
+        "pathology": "all",
+        "metric": metric,
+        "a": a,
+        "b": b,
+        "mean_difference": difference,
+        "ci_low": difference - 0.1,
+        "ci_high": difference + 0.1,
+        "p_holm": 0.01,
+        "outcome": outcome,
+    }
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHEXPLAIN_RUNS_DIR", str(tmp_path))
+    run = Run("smoke", device="cpu")
+    summary = pd.DataFrame(
+        [
+            {"method": m, "pathology": "all", "metric": k, "mean": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+            for m, v in (("gradcam", 0.4), ("prior", 0.5))
+            for k in ("hit", "mass_accuracy", "iou")
+        ]
+    )
+    run.save_table(summary, "summary")
+    run.save_table(pd.DataFrame([_difference_row("gradcam", "prior", "hit", -0.1, -1)]), "versus_prior")
+    run.save_table(
+        pd.DataFrame([_difference_row("lrp_z", "gradcam", "boundary_f1", 0.2, 1)]),
+        "granularity",
+    )
+    explained = pd.DataFrame(
+        [
+            {"pathology": "Edema", "images": 20, "patients": 18, "positives": 20},
+            {"pathology": "Fracture", "images": 21, "patients": 20, "positives": 21},
+            {"pathology": "all", "images": 30, "patients": 25, "positives": 41},
+        ]
+    )
+    run.save_table(explained, "explained")
+    sanity = pd.DataFrame(
+        [
+            {
+                "method": "gradcam",
+                "mode": "cascading",
+                "stage": "stem",
+                "similarity": "spearman_abs",
+                "mean": 0.1,
+                "std": 0.05,
+                "n": 8,
+                "passes": True,
+            }
+        ]
+    )
+    run.save_table(sanity, "sanity")
+    return run
+
+
+def test_results_block_states_the_tables_outcomes(run):
+    text = report.results_markdown(run)
+    assert "30 test images of 25 patients, 41 positive (image, finding) pairs" in text
+    assert "positives per localisable finding 20-21" in text
+    assert "-0.10 (-0.20 to +0.00), p=0.01: worse" in text  # Grad-CAM against the prior, as the table says
+    assert "F1 +0.20 (better)" in text  # LRP-0 against Grad-CAM on the boundary F-score
+    assert "zennit analogue of iNNvestigate's LRPZ (LRP-0)" in text
+
+
+def test_readme_block_is_replaced_between_markers_only(run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.BEGIN}\nold numbers\n{report.END}\nafter\n")
+    report.write_readme("smoke", readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "old numbers" not in text
+    assert "41 positive" in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        report.write_readme("smoke", readme)
