@@ -7,9 +7,8 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 # extra papermill arguments for every notebook, e.g. PARAMS='-p n_sanity 4'
 PARAMS ?=
-# the seed runs leave out the costliest baselines (SmoothGrad, Integrated Gradients): the headline comparisons
-# (methods against the prior, LRP against Grad-CAM) do not need them
-SEED_PARAMS ?= -y '{gradient_methods: [gradient, gradient_x_input]}'
+# the seed runs' papermill parameters: the headline comparisons without the costliest extras
+SEED_PARAMS ?= -f notebooks/seeds.yaml
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: help install run seeds results publish test unit lint format lab bench bench-gpu clean

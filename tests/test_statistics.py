@@ -75,6 +75,8 @@ def test_a_difference_holds_across_seeds_only_if_every_seed_agrees():
     assert metrics.holds_across_seeds(reversed_once)["direction"].item() == 0
     weak_once = {**agreeing, 2: comparison(0.08, 0.2)}
     assert metrics.holds_across_seeds(weak_once)["direction"].item() == 0
+    missing_once = {**agreeing, 2: comparison(0.08, 0.01).iloc[:0]}  # a seed run without this method
+    assert metrics.holds_across_seeds(missing_once)["direction"].item() == 0
 
 
 def test_across_seeds_reports_the_spread():

@@ -199,7 +199,7 @@ def holds_across_seeds(comparisons: Mapping[int, pd.DataFrame], alpha: float = 0
     """Per (a, b, metric, pathology): does the difference hold in every seed (Holm p < ``alpha``, one sign)?
 
     ``comparisons`` maps a seed to its :func:`compare` table. Columns: ``direction`` (+1 / -1 when every seed
-    agrees in sign and is significant, 0 otherwise), ``max_p_holm`` over seeds, and the seed mean / spread of
+    has the comparison, agrees in sign and is significant; 0 otherwise), ``max_p_holm`` over seeds, and the seed mean / spread of
     the difference.
     """
     keys = ["a", "b", "metric", "pathology"]
@@ -207,7 +207,7 @@ def holds_across_seeds(comparisons: Mapping[int, pd.DataFrame], alpha: float = 0
     rows = []
     for key, group in stacked.groupby(keys, sort=False):
         signs = np.sign(group["mean_difference"].to_numpy())
-        significant = (group["p_holm"] < alpha).all()
+        significant = (group["p_holm"] < alpha).all() and len(group) == len(comparisons)  # in every seed
         agree = significant and len(set(signs)) == 1
         rows.append(
             {
