@@ -34,7 +34,12 @@ run: $(STAMP) ## Run the notebooks in order (PROFILE=default); everything lands 
 
 seeds: $(STAMP) ## The study over training seeds: default-seed1 and -seed2 beside `make run`'s default, then the seed table
 	@test -f runs/$(PROFILE)/metrics/summary.csv || { echo "No runs/$(PROFILE)/metrics/summary.csv: run 'make run' first."; exit 1; }
-	set -e; for seed in 1 2; do $(MAKE) run PROFILE=$(PROFILE)-seed$$seed PARAMS="$(SEED_PARAMS)"; done
+	@# two runs side by side, one thread each: on 2 cores that beats one after the other (two multi-threaded
+	@# torch processes at once slow each other down many times over)
+	set -e; pids=; for seed in 1 2; do \
+	  OMP_NUM_THREADS=1 $(MAKE) run PROFILE=$(PROFILE)-seed$$seed PARAMS="$(SEED_PARAMS)" > runs/seed$$seed.log 2>&1 & \
+	  pids="$$pids $$!"; \
+	done; for pid in $$pids; do wait $$pid; done
 	$(BIN)/python -m helpers.report seeds $(PROFILE) $(PROFILE)-seed1 $(PROFILE)-seed2
 
 results: $(STAMP) ## Write the README's results block from the default run's tables (a person decides when)
@@ -46,7 +51,7 @@ publish: ## Copy the default run's figures and tables into the committed figures
 	@echo "figures/ updated from runs/default/figures; review with 'git diff --stat figures' before committing."
 
 test: $(STAMP) lint ## Lint, unit tests, then every notebook in the smoke profile
-	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests notebooks --nbmake --nbmake-timeout=1200
+	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests notebooks --nbmake --nbmake-timeout=1200 --durations=12
 
 unit: $(STAMP) ## Unit tests without the notebooks and the slow tests (about a minute)
 	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests -m "not slow" -q
