@@ -29,7 +29,7 @@ run: $(STAMP) ## Run the notebooks in order (PROFILE=default); everything lands 
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
 	  CHEXPLAIN_PROFILE=$(PROFILE) $(BIN)/papermill --cwd notebooks --progress-bar $$nb \
-	    runs/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE) $(PARAMS); \
+	    runs/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE) --start-timeout 600 $(PARAMS); \
 	done
 
 seeds: $(STAMP) ## The study over training seeds: default-seed1 and -seed2 beside `make run`'s default, then the seed table

@@ -35,7 +35,7 @@ STYLE = {
 
 #: Readable method names for figures and tables (the paper's rows are zennit analogues of iNNvestigate's analysers).
 METHOD_LABELS = {
-    "gradcam": "Grad-CAM (head, 4x4 at 128 px)",
+    "gradcam": "Grad-CAM (head)",
     "gradcam_2x": "Grad-CAM at 2x (transition 3)",
     "gradcam_4x": "Grad-CAM at 4x (transition 2)",
     "lrp_epsilon_plus_flat": "LRP EpsilonPlusFlat",
@@ -286,7 +286,7 @@ def plot_metric_by_pathology(
             ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
             ax.set_ylabel((titles or {}).get(metric, metric))
             ax.axvline(len(order) - 1.5, color="0.8", linewidth=0.6)
-        axes[0, 0].legend(ncol=min(len(methods), 5), frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0))
+        axes[0, 0].legend(ncol=min(len(methods), 3), frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0))
         fig.tight_layout(pad=0.3)
     return fig
 
@@ -321,9 +321,11 @@ def plot_randomisation(
                 ax.axhline(threshold, linestyle="--", color="0.5", linewidth=0.7)
                 ax.set_xticks(range(len(stages)), list(stages), rotation=40, ha="right")
                 ax.set_title(f"{mode}: {similarity}")
-        axes[0, 0].set_ylabel("similarity to trained maps")
-        axes[0, 0].legend(frameon=False, fontsize=5)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("similarity to trained maps")
         fig.tight_layout(pad=0.3)
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
     return fig
 
 

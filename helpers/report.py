@@ -78,15 +78,46 @@ def results_markdown(run: Run) -> str:
         _markdown(_granularity_rows(granularity)),
         "**Sanity** (model randomisation; `passes` is decided on the sign-insensitive similarity):",
         _markdown(_sanity_rows(sanity)),
+        "**Faithfulness toward the counterfactual** (areas under the probability curve; the random pixel order "
+        "of the same pairs is the reference):",
+        _markdown(_pooled_rows(summary, FAITHFULNESS)),
+        "**Class sensitivity** (mean correlation between one image's maps for its findings with a positive logit):",
+        _markdown(_pooled_rows(summary, CLASS_SENSITIVITY)),
     ]
     seeds = run.table_path("seeds_versus_prior")
     if seeds.is_file():
         sections += [
-            "**Across training seeds** (difference to the prior; direction +1 / -1 only where every seed agrees "
-            "with Holm p < 0.05):",
+            "**Across training seeds** (difference to the prior over the methods every seed explained; `holds` "
+            "+1 / -1 only where every seed gives that outcome, better / worse, at Holm p < 0.05):",
             _markdown(_seed_rows(pd.read_csv(seeds))),
         ]
     return "\n\n".join(sections)
+
+
+#: Pooled metrics shown per method in the faithfulness and class-sensitivity tables, with their headers.
+FAITHFULNESS = {
+    "cf_deletion_auc": "deletion (lower: faithful)",
+    "cf_deletion_random_auc": "deletion, random order",
+    "cf_insertion_auc": "insertion (higher: faithful)",
+    "cf_insertion_random_auc": "insertion, random order",
+    "cf_prob_factual": "probability with the finding",
+    "cf_prob_counterfactual": "without it",
+}
+CLASS_SENSITIVITY = {
+    "class_correlation_positive": "positive parts",
+    "class_correlation_abs": "abs",
+    "class_correlation_signed": "signed",
+}
+
+
+def _pooled_rows(summary: pd.DataFrame, shown: dict[str, str]) -> pd.DataFrame:
+    """One row per method that has any of ``shown``: its pooled mean (CI) per metric."""
+    pooled = summary[(summary["pathology"] == "all") & summary["metric"].isin(list(shown))]
+    rows = []
+    for method, own in pooled.groupby("method", sort=False):
+        cells = {shown[r["metric"]]: _cell(r) for _, r in own.iterrows()}
+        rows.append({"method": label(method), **{name: cells.get(name, "") for name in shown.values()}})
+    return pd.DataFrame(rows, columns=["method", *shown.values()])
 
 
 def _sample_text(explained: pd.DataFrame) -> str:
@@ -150,7 +181,7 @@ def _yes(passes) -> str:
 
 
 def _seed_rows(seeds: pd.DataFrame) -> pd.DataFrame:
-    keep = ["a", "metric", "seed_mean_difference", "seed_sd_difference", "max_p_holm", "n_seeds", "direction"]
+    keep = ["a", "metric", "seed_mean_difference", "seed_sd_difference", "max_p_holm", "n_seeds", "holds"]
     return seeds[keep].assign(a=seeds["a"].map(label)).round(3)
 
 
@@ -169,13 +200,27 @@ def write_readme(profile: str, readme: Path) -> None:
         tmp.write_text(text)
 
 
-def write_seed_tables(profiles: Sequence[str]) -> None:
-    """Seed-to-seed spread of the pooled summaries, and whether each difference to the prior holds in every
-    seed, into the first profile's metrics folder (``seeds_summary.csv``, ``seeds_versus_prior.csv``)."""
+#: The metrics compared with the prior in every seed (notebook 05's localisation list).
+SEED_METRICS = ["hit", "iou", "mass_accuracy", "rank_accuracy", "pixel_auroc", "cf_deletion_auc", "cf_insertion_auc"]
+
+
+def write_seed_tables(profiles: Sequence[str], n_boot: int = 1000) -> None:
+    """Seed-to-seed spread of the pooled summaries, and whether each method's outcome against the prior holds in
+    every seed, into the first profile's metrics folder (``seeds_summary.csv``, ``seeds_versus_prior.csv``).
+
+    The comparisons are recomputed from each seed's ``scores.csv`` over the methods every seed explained, so that
+    each seed's Holm correction covers the same family.
+    """
     runs = [Run(p, device="cpu") for p in profiles]
-    seeds = {k: run for k, run in enumerate(runs)}
-    summaries = {k: r.table("summary").query("pathology == 'all'") for k, r in seeds.items()}
-    comparisons = {k: r.table("versus_prior") for k, r in seeds.items()}
+    scores = [run.table("scores") for run in runs]
+    common = sorted(set.intersection(*(set(s["method"]) for s in scores)) - {"prior"})
+    comparisons = {}
+    for k, (run, table) in enumerate(zip(runs, scores)):
+        batch = run.explained()
+        patients = dict(zip(batch.image_ids, batch.patients))
+        compared = metrics.compare(table, [(m, "prior") for m in common], SEED_METRICS, n_boot, patients=patients)
+        comparisons[k] = metrics.outcome(compared)
+    summaries = {k: r.table("summary").query("pathology == 'all'") for k, r in enumerate(runs)}
     runs[0].save_table(metrics.across_seeds(summaries, ["method", "metric"]), "seeds_summary")
     runs[0].save_table(metrics.holds_across_seeds(comparisons), "seeds_versus_prior")
 

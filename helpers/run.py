@@ -69,6 +69,27 @@ class ExplainedBatch:
             if self.codes[i, labels.PATHOLOGIES.index(name)] == 1
         ]
 
+    def balanced_pairs(self, n: int, seed: int = 0) -> list[tuple[int, str]]:
+        """At most ``n`` positive pairs, one per image, spread evenly over the findings: pairs are taken in turns
+        over the findings, rarest first (each finding's pairs in an order shuffled with ``seed``), skipping images
+        already used; so a frequent finding (Support Devices) does not fill the sample."""
+        pairs = self.pairs()
+        rng = np.random.default_rng(seed)
+        by_finding = {name: [p for p in pairs if p[1] == name] for name in dict.fromkeys(p for _, p in pairs)}
+        # rarest first in every turn, so a frequent finding cannot take the images a rare one needs
+        by_finding = dict(sorted(by_finding.items(), key=lambda item: len(item[1])))
+        queues = [list(rng.permutation(len(own))) for own in by_finding.values()]
+        chosen, used = [], set()
+        while len(chosen) < n and any(queues):
+            for own, queue in zip(by_finding.values(), queues):
+                while queue and own[queue[0]][0] in used:
+                    queue.pop(0)
+                if queue and len(chosen) < n:
+                    pair = own[queue.pop(0)]
+                    chosen.append(pair)
+                    used.add(pair[0])
+        return chosen
+
     def head(self, n: int) -> ExplainedBatch:
         """The first ``n`` images (for the checks that re-explain them many times)."""
         return ExplainedBatch(
@@ -264,19 +285,23 @@ class Run:
 
     def finding_prior(self) -> np.ndarray:
         """Float32 ``(14, H, W)``: each pathology's mean ground-truth mask over the training split (the prior
-        baseline), or over the validation split where the training split has no masks (CheXlocalize's real masks
-        exist for validation and test images only). Cached in the run folder."""
+        baseline). Cached in the run folder.
+
+        Raises
+        ------
+        FileNotFoundError
+            Where the training split has no masks: real CheXpert with CheXlocalize, whose masks cover only
+            CheXpert's validation and test images (here the test split, which the prior must not see).
+        """
         path = self.folder("baselines") / f"prior_{self.profile.image_size}.npy"
         if path.is_file():
             return np.load(path)
-        prepared = self.data()
-        masks = prepared.masks("train")
-        if not masks.any():
-            masks = prepared.masks("val")
+        masks = self.data().masks("train")
         if not masks.any():
             raise FileNotFoundError(
-                f"No ground-truth masks in the training or validation split of {self.data_root}: the prior "
-                f"baseline needs them (phantom profiles always have them; for CheXpert add CheXlocalize's JSON)."
+                f"No ground-truth masks for the training split of {self.data_root}: the prior baseline needs them "
+                f"(phantom profiles have them; CheXlocalize's cover only the test images). Leave 'prior' out of "
+                f"notebook 05's baselines for this profile."
             )
         prior = masks.mean(axis=0, dtype=np.float32)
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # np.save would append .npy to a bare path

@@ -319,5 +319,5 @@ def test_score_gives_a_negative_prediction_an_empty_segmentation():
     for probability, expected in ((0.9, 1.0), (0.2, 0.0)):
         explained = heatmaps.HeatmapSet(maps, ["a"], ["Edema"], "m", probs=np.array([[probability]]))
         scores = metrics.score(explained, mask, granularity=False, class_sensitivity=False)
-        assert scores.set_index("metric").loc["iou", "value"] == expected
-        assert scores.set_index("metric").loc["mass_accuracy", "value"] == 1.0  # only the IoU is gated
+        assert scores.set_index("metric").loc["iou_gated", "value"] == expected
+        assert scores.set_index("metric").loc["iou", "value"] == 1.0  # the map's own segmentation, ungated

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers import config, labels
-from helpers.run import Run
+from helpers.run import ExplainedBatch, Run
 
 
 @pytest.fixture
@@ -62,3 +62,28 @@ def test_a_tiny_run_end_to_end(runs):
     assert np.array_equal(again.heatmaps(["gradcam"])["gradcam"].maps, result.maps)
     with pytest.raises(FileNotFoundError, match="03 for LRP"):
         again.heatmaps(["lrp_epsilon_plus_flat"])
+    prior = run.finding_prior()  # the prior baseline: mean training masks, cached
+    assert prior.shape == (14, 64, 64) and prior.max() <= 1 and prior[labels.PATHOLOGIES.index("No Finding")].max() == 0
+    assert np.array_equal(Run(profile, device="cpu").explainer("prior").prior, prior)
+    pairs = batch.pairs()[:3]
+    counterfactual = run.counterfactuals(pairs)  # each image again without its finding, normalised like the inputs
+    assert counterfactual.shape == (3, 3, 64, 64)
+    changed = (counterfactual - batch.inputs[[i for i, _ in pairs]]).abs().amax(dim=(1, 2, 3))
+    assert (changed > 0).all()
+
+
+def test_balanced_pairs_take_the_findings_in_turns_one_pair_per_image():
+    """Support Devices on every image must not fill the sample: each finding gets its turn, images are not reused."""
+    n = 12
+    codes = np.zeros((n, 14))
+    codes[:, labels.PATHOLOGIES.index("Support Devices")] = 1
+    codes[:4, labels.PATHOLOGIES.index("Edema")] = 1
+    codes[4:6, labels.PATHOLOGIES.index("Fracture")] = 1
+    ids, patients = [f"i{k}" for k in range(n)], [f"p{k}" for k in range(n)]
+    batch = ExplainedBatch(list(range(n)), ids, patients, None, None, codes, None)
+    chosen = batch.balanced_pairs(6, seed=0)
+    findings = [p for _, p in chosen]
+    assert len(chosen) == 6 and len({i for i, _ in chosen}) == 6
+    assert findings.count("Edema") == 2 and findings.count("Fracture") == 2 and findings.count("Support Devices") == 2
+    assert batch.balanced_pairs(6, seed=0) == chosen
+    assert len(batch.balanced_pairs(100, seed=0)) == n  # one per image at most

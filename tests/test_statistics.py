@@ -64,19 +64,20 @@ def test_outcome_follows_the_metric_direction():
 
 
 def test_a_difference_holds_across_seeds_only_if_every_seed_agrees():
-    def comparison(difference, p):
-        return pd.DataFrame(
-            [{"a": "m", "b": "prior", "metric": "hit", "pathology": "all", "mean_difference": difference, "p_holm": p}]
-        )
+    def comparison(difference, outcome):
+        row = {"a": "m", "b": "prior", "metric": "hit", "pathology": "all", "mean_difference": difference}
+        return pd.DataFrame([{**row, "p_holm": 0.01, "outcome": outcome}])
 
-    agreeing = {0: comparison(0.1, 0.001), 1: comparison(0.12, 0.01), 2: comparison(0.08, 0.02)}
-    assert metrics.holds_across_seeds(agreeing)["direction"].item() == 1
-    reversed_once = {**agreeing, 2: comparison(-0.05, 0.01)}
-    assert metrics.holds_across_seeds(reversed_once)["direction"].item() == 0
-    weak_once = {**agreeing, 2: comparison(0.08, 0.2)}
-    assert metrics.holds_across_seeds(weak_once)["direction"].item() == 0
-    missing_once = {**agreeing, 2: comparison(0.08, 0.01).iloc[:0]}  # a seed run without this method
-    assert metrics.holds_across_seeds(missing_once)["direction"].item() == 0
+    agreeing = {0: comparison(0.1, 1), 1: comparison(0.12, 1), 2: comparison(0.08, 1)}
+    assert metrics.holds_across_seeds(agreeing)["holds"].item() == 1
+    reversed_once = {**agreeing, 2: comparison(-0.05, -1)}
+    assert metrics.holds_across_seeds(reversed_once)["holds"].item() == 0
+    weak_once = {**agreeing, 2: comparison(0.08, 0)}
+    assert metrics.holds_across_seeds(weak_once)["holds"].item() == 0
+    missing_once = {**agreeing, 2: comparison(0.08, 1).iloc[:0]}  # a seed run without this method
+    assert metrics.holds_across_seeds(missing_once)["holds"].item() == 0
+    worse_everywhere = {k: comparison(-0.1, -1) for k in range(3)}
+    assert metrics.holds_across_seeds(worse_everywhere)["holds"].item() == -1
 
 
 def test_across_seeds_reports_the_spread():

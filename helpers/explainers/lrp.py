@@ -75,6 +75,10 @@ COMPOSITES: dict[str, Callable[..., Composite]] = {
     "alpha2_beta1": _all_layers(lambda: AlphaBeta(alpha=2.0, beta=1.0)),
     "deep_taylor": _all_layers(ZPlus),
 }
+#: Registered explainers' canonization where it is not "full": LRP-0 equals Gradient x Input only while every
+#: activation is a plain ReLU; the threshold ReLUs of full canonization break that (its maps diverge there).
+DEFAULT_CANONIZATION = {"z": "merge"}
+
 MODERN_COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat")
 #: The paper's LRP-z, LRP-epsilon (epsilon = 1), LRP-alpha2-beta1 and deep Taylor (z+).
 PAPER_COMPOSITES = ("z", "epsilon", "alpha2_beta1", "deep_taylor")
@@ -114,8 +118,9 @@ class LRP(Explainer):
     ----------
     composite : str
         One of :data:`COMPOSITES` (default ``"epsilon_plus_flat"``).
-    canonization : int or str
-        1 ``"explicit_head"``, 2 ``"merge"`` or 3 ``"full"`` (default).
+    canonization : int or str, optional
+        1 ``"explicit_head"``, 2 ``"merge"`` or 3 ``"full"``; default the composite's own level
+        (:data:`DEFAULT_CANONIZATION`: ``"merge"`` for LRP-0, ``"full"`` otherwise).
     mean, std : sequence of float
         The input normalisation, for the pixel bounds of ``"epsilon_gamma_box"``.
     """
@@ -126,13 +131,14 @@ class LRP(Explainer):
         self,
         name: str | None = None,
         composite: str = "epsilon_plus_flat",
-        canonization: int | str = "full",
+        canonization: int | str | None = None,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         batch_size: int = 4,
     ):
         if composite not in COMPOSITES:
             raise ValueError(f"Unknown composite {composite!r}; choose from {sorted(COMPOSITES)}.")
+        canonization = DEFAULT_CANONIZATION.get(composite, "full") if canonization is None else canonization
         super().__init__(
             name or f"lrp_{composite}",
             batch_size,
@@ -159,14 +165,10 @@ class LRP(Explainer):
         return result
 
 
-#: Registered explainers' canonization where it is not "full": LRP-0 equals Gradient x Input only while every
-#: activation is a plain ReLU; the threshold ReLUs of full canonization break that (its maps diverge there).
-DEFAULT_CANONIZATION = {"z": "merge"}
-
 for _composite in COMPOSITES:
     register(
         f"lrp_{_composite}",
-        functools.partial(LRP, composite=_composite, canonization=DEFAULT_CANONIZATION.get(_composite, "full")),
+        functools.partial(LRP, composite=_composite),
     )
 
 
@@ -175,7 +177,7 @@ def explain_lrp(
     images: torch.Tensor,
     pathologies: Sequence[str] | None = None,
     composite: str = "epsilon_plus_flat",
-    canonization: int | str = "full",
+    canonization: int | str | None = None,
     image_ids: Sequence[str] | None = None,
     batch_size: int = 4,
     mean=IMAGENET_MEAN,
@@ -193,7 +195,7 @@ def _warn_if_diverged(result: HeatmapSet) -> None:
         warnings.warn(
             f"{result.method} at canonization level {result.params['canonization']}: relevance diverged "
             f"(inf or NaN) in {diverged} of {result.maps.shape[0] * result.maps.shape[1]} maps. "
-            f"Use a stabilised composite (e.g. epsilon_plus_flat) or canonization='full'.",
+            f"Use a stabilised composite (e.g. epsilon_plus_flat), or LRP-0 at canonization 'merge'.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -292,11 +292,13 @@ def score(
 
 
 def _with_prediction(heatmaps: HeatmapSet, i: int, j: int) -> dict:
-    """:data:`WITH_MASK` with ``iou`` gated by the model's prediction, as CheXlocalize does: a probability below
-    0.5 (a negative prediction) gives an empty segmentation. A set without probabilities counts as positive."""
+    """:data:`WITH_MASK` plus ``iou_gated``: CheXlocalize's IoU with its prediction gate (a probability below
+    0.5, a negative prediction, gives an empty segmentation). ``iou`` is the map's own segmentation, ungated, so
+    that methods and model-free baselines compare on what their maps show. A set without probabilities counts
+    as positive."""
     probability = heatmaps.probs[i, j]
     positive = bool(np.isnan(probability) or probability >= 0.5)
-    return {**WITH_MASK, "iou": lambda heatmap, mask: chexlocalize_iou(heatmap, mask, positive)}
+    return {**WITH_MASK, "iou_gated": lambda heatmap, mask: chexlocalize_iou(heatmap, mask, positive)}
 
 
 def _rows(heatmaps: HeatmapSet, i: int, pathology: str, functions: Mapping, *arrays: np.ndarray) -> list[tuple]:

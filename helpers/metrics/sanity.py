@@ -266,9 +266,10 @@ def sanity_outcome(sanity_scores: pd.DataFrame, threshold: float = 0.5) -> pd.Da
 
     A method passes where the maps changed: ``passes = mean(DECIDED_BY[similarity]) < threshold``, the mean
     over pairs of the same method, mode and stage. For ``spearman`` and ``spearman_abs`` the deciding similarity
-    is ``spearman_abs``, so a map that only flips sign (signed Spearman -1, ``spearman_abs`` +1) fails; ``ssim``
-    and ``hog`` decide for themselves. ``passes`` is False where the deciding mean is NaN. ``hog`` is blind to a
-    sign flip (unsigned orientations); ``ssim`` is not (a sign flip lowers it as a change of the map does).
+    is ``spearman_abs``, so a map that only flips sign (signed Spearman -1, ``spearman_abs`` +1) fails; for
+    ``ssim`` and ``ssim_abs`` it is ``ssim_abs`` (a sign flip lowers ``ssim`` as a change of the map does); ``hog``
+    decides for itself (unsigned orientations: blind to a sign flip). ``passes`` is False where the deciding mean
+    is NaN.
 
     Parameters
     ----------

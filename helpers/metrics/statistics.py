@@ -195,20 +195,20 @@ def across_seeds(tables: Mapping[int, pd.DataFrame], keys: Sequence[str], value:
     return spread.join(per_seed).reset_index()
 
 
-def holds_across_seeds(comparisons: Mapping[int, pd.DataFrame], alpha: float = 0.05) -> pd.DataFrame:
-    """Per (a, b, metric, pathology): does the difference hold in every seed (Holm p < ``alpha``, one sign)?
+def holds_across_seeds(comparisons: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """Per (a, b, metric, pathology): does the outcome hold in every seed?
 
-    ``comparisons`` maps a seed to its :func:`compare` table. Columns: ``direction`` (+1 / -1 when every seed
-    has the comparison, agrees in sign and is significant; 0 otherwise), ``max_p_holm`` over seeds, and the seed mean / spread of
-    the difference.
+    ``comparisons`` maps a seed to its :func:`compare` table with :func:`~helpers.metrics.tables.outcome` added.
+    ``holds`` is the outcome (+1: ``a`` better, -1: ``a`` worse) where every seed has the comparison and all
+    agree on it, else 0; beside it the seed mean and spread of the difference and the largest Holm p-value.
+    Compare the seeds over one family (the same methods and metrics), or their Holm corrections differ.
     """
     keys = ["a", "b", "metric", "pathology"]
     stacked = pd.concat([t.assign(seed=s) for s, t in comparisons.items()], ignore_index=True)
     rows = []
     for key, group in stacked.groupby(keys, sort=False):
-        signs = np.sign(group["mean_difference"].to_numpy())
-        significant = (group["p_holm"] < alpha).all() and len(group) == len(comparisons)  # in every seed
-        agree = significant and len(set(signs)) == 1
+        outcomes = set(group["outcome"])
+        agree = len(group) == len(comparisons) and len(outcomes) == 1
         rows.append(
             {
                 **dict(zip(keys, key)),
@@ -216,7 +216,7 @@ def holds_across_seeds(comparisons: Mapping[int, pd.DataFrame], alpha: float = 0
                 "seed_sd_difference": group["mean_difference"].std(),
                 "max_p_holm": group["p_holm"].max(),
                 "n_seeds": len(group),
-                "direction": int(signs[0]) if agree else 0,
+                "holds": int(outcomes.pop()) if agree and np.isfinite(group["outcome"].iloc[0]) else 0,
             }
         )
     return pd.DataFrame(rows)
@@ -253,7 +253,8 @@ def strata(
     table = pd.DataFrame(rows, columns=["image", "pathology", "predicted", "area"])
     return table.assign(
         prediction=np.where(table.pop("predicted"), "true positive", "false negative"),
-        mask_size=pd.qcut(table["area"], 3, labels=["small", "medium", "large"]).astype(str),
+        # ranks first: equal areas (a finding drawn the same size twice) must not collapse a tercile's edges
+        mask_size=pd.qcut(table["area"].rank(method="first"), 3, labels=["small", "medium", "large"]).astype(str),
     )
 
 

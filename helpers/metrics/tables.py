@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 #: +1 where a higher value is better, -1 where lower is better; metrics not listed have no better direction.
@@ -18,6 +19,7 @@ BETTER = {
     "hit_multi": 1,
     "distance_px": -1,
     "iou": 1,
+    "iou_gated": 1,
     "mass_accuracy": 1,
     "rank_accuracy": 1,
     "pixel_auroc": 1,
@@ -49,15 +51,15 @@ def outcome(comparison: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Adds ``outcome`` to a :func:`~helpers.metrics.statistics.compare` table: is ``a`` better than ``b``?
 
     ``+1``: ``a`` is better (Holm-corrected p < ``alpha`` and the CI of the difference excludes 0 in the better
-    direction of :data:`BETTER`); ``-1``: ``b`` is better the same way; ``0``: not distinguishable (or the metric
-    has no better direction).
+    direction of :data:`BETTER`); ``-1``: ``b`` is better the same way; ``0``: not distinguishable; NaN for a
+    metric without a better direction (e.g. ``gini``).
     """
     direction = comparison["metric"].map(BETTER).fillna(0)
     better = direction * comparison["ci_low"].where(direction > 0, comparison["ci_high"]) > 0
     worse = direction * comparison["ci_high"].where(direction > 0, comparison["ci_low"]) < 0
     significant = comparison["p_holm"] < alpha
     result = (better & significant).astype(int) - (worse & significant).astype(int)
-    return comparison.assign(outcome=result.where(direction != 0, 0))
+    return comparison.assign(outcome=result.where(direction != 0, np.nan))
 
 
 def against_reference(
@@ -70,6 +72,6 @@ def against_reference(
     for _, r in rows.iterrows():
         table.setdefault(r["a"], {"method": r["a"], "versus": r["b"]})[r["metric"]] = (
             f"{r['mean_difference']:+.{digits}f} [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}] "
-            f"p={r['p_holm']:.2g} ({int(r['outcome']):+d})"
+            f"p={r['p_holm']:.2g} ({r['outcome']:+.0f})"
         )
     return pd.DataFrame(list(table.values()), columns=["method", "versus", *metric_names])
