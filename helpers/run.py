@@ -308,8 +308,16 @@ class Run:
             np.save(handle, prior)
         return prior
 
-    def explain(self, explainer: str | explainers.Explainer, **overrides) -> HeatmapSet:
-        """Explain the :meth:`explained` batch with an explainer (or a registered name) and save the result."""
+    def explain(self, explainer: str | explainers.Explainer, reuse: bool = False, **overrides) -> HeatmapSet:
+        """Explain the :meth:`explained` batch with an explainer (or a registered name) and save the result.
+
+        With ``reuse``, a registered name whose maps of this batch are already saved is loaded instead (a rerun
+        of the scores after a metrics change; the saved set must explain the same images, else it is remade).
+        """
+        if reuse and isinstance(explainer, str) and not overrides and self.heatmap_path(explainer).is_file():
+            saved = HeatmapSet.load(self.heatmap_path(explainer))
+            if saved.image_ids == self.explained().image_ids:
+                return saved
         if isinstance(explainer, str):
             explainer = self.explainer(explainer, **overrides)
         batch = self.explained()
