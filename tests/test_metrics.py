@@ -114,7 +114,7 @@ def test_score_rows_only_where_masks_exist_and_masks_are_checked():
     assert (scores["metric"] == "gini").sum() == 2 and (scores["metric"] == "class_correlation_abs").sum() == 3
     by_id = {"img0": {"Cardiomegaly": _mask()}}
     from_dict = metrics.score(_heatmap_set(maps), by_id, granularity=False, class_sensitivity=False)
-    assert len(from_dict) == len(metrics.WITH_MASK)
+    assert len(from_dict) == len(metrics.WITH_MASK) + 1  # and CheXlocalize's gated IoU
     with pytest.raises(ValueError, match="aligned"):
         metrics.score(_heatmap_set(maps), masks[:, :13])
 
