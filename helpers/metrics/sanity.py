@@ -59,19 +59,7 @@ def spearman(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def spearman_abs(first: np.ndarray, second: np.ndarray) -> float:
-    """Spearman rank correlation of ``|first|`` and ``|second|``: blind to the sign of the relevance.
-
-    Parameters
-    ----------
-    first, second : numpy.ndarray
-        2-D maps of the same shape.
-
-    Returns
-    -------
-    float
-        In [-1, 1]; a map against its negative gives 1. 0 when either ``|map|`` is constant, NaN when either
-        map holds inf or NaN.
-    """
+    """:func:`spearman` of ``|first|`` and ``|second|``: blind to the sign (a map against its negative gives 1)."""
     return spearman(np.abs(first), np.abs(second))
 
 

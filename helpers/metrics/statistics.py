@@ -167,6 +167,7 @@ def compare(
     The family corrected together is every row returned (all pairs x metrics at ``pathology``); ``p_holm`` is
     the corrected p-value. NaN p-values (too few patients) stay NaN and are left out of the family.
     """
+    scores = scores[scores["metric"].isin(metric_names)]  # bootstrap only what the table reports
     table = pd.concat([paired_differences(scores, a, b, n_boot, seed, patients) for a, b in pairs], ignore_index=True)
     table = table[(table["pathology"] == pathology) & table["metric"].isin(metric_names)].reset_index(drop=True)
     return table.assign(p_holm=holm(table["p_value"].to_numpy()))
