@@ -2,11 +2,16 @@
 
 What notebooks 01-05 do in the ``paper`` profile (DenseNet-121, 224 px, the paper's batch of 16), run through
 :class:`helpers.run.Run` step by step and timed: decoding into the cache, training steps on synthetic tensors
-against a real epoch fed by the DataLoader, test prediction, LRP (seven composites, conservation table,
-canonization levels), the CAM family, and the comparison (occlusion, scores, deletion / insertion, cascading
-randomisation). ImageNet weights cannot be downloaded here, so a random initialisation stands in (the speed is the
-same). The phantom is written at CheXpert-small's size (``--width`` x ``--height``), or read from ``--data``.
-Ends with the projected time of one epoch on the full CheXpert-small (191,027 frontal training images).
+against real epochs fed by the DataLoader (the second epoch is the steady state: workers started, cuDNN tuned),
+test prediction with its bootstrap, LRP (seven composites, conservation table, canonization levels), the CAM
+family with Grad-CAM at 2x and 4x, and notebook 05's comparison through :mod:`helpers.study`, the code the
+notebook runs (gradient family, baselines, occlusion, scores, counterfactual deletion / insertion, model and data
+randomisation, bootstrap summaries and paired comparisons). Figures are not drawn. ImageNet weights cannot be
+downloaded here, so a random initialisation stands in (the speed is the same). The phantom is written at
+CheXpert-small's size (``--width`` x ``--height``), or read from ``--data``; as a chexplain phantom it also has
+training masks (the prior baseline) and counterfactual renders, which real CheXpert lacks. Exactly
+``--n-explain`` images are explained (the profile's ``min_positives`` is set to 0). Ends with the projected time
+of one epoch on the full CheXpert-small (191,027 frontal training images).
 
 Run: ``python benchmarks/bench_gpu.py [--data FOLDER] [--n-train 2000] [--n-valid 200] [--out results.csv]``
 (``make bench-gpu``). Needs a CUDA GPU for meaningful numbers; it runs anywhere.
@@ -16,19 +21,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import os
+import pstats
 import time
 
 import pandas as pd
 import torch
 
-from helpers import config, evaluate, labels, lrp, metrics, models, phantom, train
+from helpers import config, evaluate, labels, lrp, metrics, models, phantom, study, train
+from helpers.data.cache import decode_workers
 from helpers.run import Run
 
 CHEXPERT_SMALL_TRAIN = 191_027
 LRP_NAMES = [f"lrp_{c}" for c in lrp.COMPOSITES]
-CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"]
-SANITY_NAMES = ["gradcam", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "lrp_deep_taylor"]
+#: Notebook 04's methods and layers, and notebook 05's defaults (its parameters cell).
+CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "gradcam_2x", "gradcam_4x"]
+COMPARED_CAMS = ["gradcam", "gradcam_2x", "gradcam_4x"]
+GRADIENT_NAMES = ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients"]
+BASELINES = ["prior", "random", "edge"]
+FAITHFULNESS_NAMES = ["gradcam", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "gradient_x_input", "prior", "edge"]
+SANITY_NAMES = ["gradcam", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "lrp_deep_taylor", "gradient_x_input"]
+LOCALISATION = ["hit", "iou", "mass_accuracy", "rank_accuracy", "pixel_auroc", "cf_deletion_auc", "cf_insertion_auc"]
+GRANULARITY = ["resolution_gap", "boundary_f1", "separation", "resolution_px", "gini"]
 
 
 class Timer:
@@ -90,7 +105,14 @@ def paper_run(args) -> Run:
     """
     smoke = {"arch": "densenet_compact", "image_size": 64, "num_workers": 0} if args.smoke else {}
     profile = config.load_profile(
-        "paper", weights=None, n_explain=args.n_explain, max_epochs=1, n_boot=args.n_boot, **smoke
+        "paper",
+        weights=None,
+        n_explain=args.n_explain,
+        min_positives=0,
+        max_epochs=args.epochs,
+        patience=args.epochs,
+        n_boot=args.n_boot,
+        **smoke,
     )
     return Run(profile)
 
@@ -105,9 +127,11 @@ def notebook_01(run: Run, timer: Timer, args) -> None:
             )
     os.environ[config.CHEXPERT_ROOT_ENV] = str(root)
     rows = sum(len(pd.read_csv(os.path.join(root, f"{split}.csv"))) for split in ("train", "valid"))
-    with timer.step("01", "validate + decode into the cache", rows):
-        prepared = run.prepare(progress=False)
+    profiler = cProfile.Profile()
+    with timer.step("01", f"validate + decode into the cache ({decode_workers()} processes at most)", rows):
+        prepared = profiler.runcall(run.prepare, progress=False)
     print(prepared.summary().to_string())
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(12)  # where the decode's time goes
 
 
 def notebook_02(run: Run, timer: Timer) -> None:
@@ -118,21 +142,23 @@ def notebook_02(run: Run, timer: Timer) -> None:
         timer.rows.append({"notebook": "02", "step": step, "seconds": float("nan"), "images": 0, "images_per_s": rate})
         print(f"02 | synthetic steps, batch {batch} | {rate:.0f} images/s", flush=True)
     n_train = len(run.data().split("train"))
-    with timer.step("02", f"train 1 epoch (batch {settings.batch_size}, incl. validation)", n_train):
+    epochs = run.profile.train.max_epochs
+    with timer.step("02", f"train {epochs} epochs (batch {settings.batch_size}, incl. validation)", n_train * epochs):
         model, meta, history = run.train(progress=False)
-    epoch_seconds = float(history["train_seconds"].iloc[-1])
-    timer.rows.append(
-        {
-            "notebook": "02",
-            "step": "training epoch (DataLoader-fed, no validation)",
-            "seconds": epoch_seconds,
-            "images": n_train,
-            "images_per_s": n_train / epoch_seconds,
-        }
-    )
+    for epoch, seconds in enumerate(history["train_seconds"], start=1):
+        timer.rows.append(
+            {
+                "notebook": "02",
+                "step": f"training epoch {epoch} (DataLoader-fed, no validation)",
+                "seconds": float(seconds),
+                "images": n_train,
+                "images_per_s": n_train / float(seconds),
+            }
+        )
     test_set = run.data().dataset("test", meta["policy"], meta["mean"], meta["std"])
-    with timer.step("02", "test prediction + bootstrap AUROC", len(test_set)):
+    with timer.step("02", "test prediction", len(test_set)):
         probs = evaluate.predict(model, test_set)
+    with timer.step("02", f"bootstrap AUROC and AP ({run.profile.n_boot} resamples)", len(test_set)):
         evaluate.evaluate(probs, test_set.targets, test_set.loss_mask, n_boot=run.profile.n_boot)
 
 
@@ -156,27 +182,35 @@ def notebook_04(run: Run, timer: Timer) -> None:
             run.explain(name)
 
 
-def notebook_05(run: Run, timer: Timer, n_sanity: int = 8, steps: int = 10) -> None:
+def notebook_05(run: Run, timer: Timer, args) -> None:
     model, _ = run.model()
     batch = run.explained()
-    sets = run.heatmaps(["gradcam", *LRP_NAMES])
-    with timer.step("05", "occlusion, 14 pathologies", len(batch)):
-        sets["occlusion"] = run.explain("occlusion")
-    with timer.step("05", "localisation + granularity scores", len(batch) * len(sets)):
-        scores = pd.concat([metrics.score(s, batch.masks, codes=batch.codes) for s in sets.values()])
-    pairs = batch.pairs()
-    with timer.step("05", f"deletion / insertion, {len(pairs)} pairs x {len(sets)} methods", len(pairs) * len(sets)):
-        faithfulness = [metrics.perturbation_scores(model, batch.inputs, s, pairs, steps=steps) for s in sets.values()]
-    checked = batch.head(n_sanity)
-    with timer.step("05", f"cascading randomisation, {len(SANITY_NAMES)} methods", n_sanity * len(SANITY_NAMES)):
-        sanity = [
-            metrics.cascading_randomisation(
-                model, checked.inputs, run.explainer(m), checked.pairs(), image_ids=checked.image_ids
-            )
-            for m in SANITY_NAMES
-        ]
-    with timer.step("05", "bootstrap summary", 0):
-        metrics.summarise(pd.concat([scores, *faithfulness, *sanity]), n_boot=run.profile.n_boot)
+    patients = dict(zip(batch.image_ids, batch.patients))
+    sets = run.heatmaps(COMPARED_CAMS + LRP_NAMES)
+    for name in GRADIENT_NAMES + study.available_baselines(run, BASELINES) + ["occlusion"]:
+        with timer.step("05", f"{name}, 14 pathologies", len(batch)):
+            sets[name] = run.explain(name)
+    with timer.step("05", f"scores ({len(sets)} methods, every core)", len(batch) * len(sets)):
+        scores = study.score_methods(sets, batch)
+    faithful = [m for m in FAITHFULNESS_NAMES if m in sets]
+    with timer.step("05", f"counterfactual deletion / insertion ({len(faithful)} methods)", 48 * len(faithful)):
+        faithfulness = study.counterfactual_faithfulness(run, model, sets, faithful, 48, 20)
+    with timer.step("05", f"shuffled-label model ({args.shuffled_epochs} epochs; training)", 0):
+        run.shuffled_label_model(args.shuffled_epochs, progress=False)
+    stages = len(model.randomisation_stages())
+    with timer.step("05", f"model + data randomisation ({len(SANITY_NAMES)} methods, {stages} stages)", 8):
+        sanity = metrics.sanity_outcome(study.sanity_checks(run, model, SANITY_NAMES, 8, args.shuffled_epochs))
+    scores = pd.concat([scores, faithfulness], ignore_index=True)
+    methods, reference = list(sets), study.reference_method(list(sets))
+    with timer.step("05", "bootstrap summaries, paired comparisons, strata", 0):
+        metrics.summarise(scores, n_boot=run.profile.n_boot, patients=patients)
+        for pairs, names in (
+            ([(m, reference) for m in methods if m != reference], LOCALISATION),
+            ([(m, cam) for cam in COMPARED_CAMS for m in LRP_NAMES + GRADIENT_NAMES], GRANULARITY),
+        ):
+            metrics.outcome(metrics.compare(scores, pairs, names, run.profile.n_boot, patients=patients))
+        study.stratified_summary(batch, sets["gradcam"], scores, run.profile.n_boot, patients)
+    print(sanity.groupby(["method", "mode"])["passes"].mean().to_string())
 
 
 def main() -> None:
@@ -188,6 +222,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=390, help="phantom height (CheXpert-small: about 390)")
     parser.add_argument("--n-explain", type=int, default=32)
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs (the last is the steady state)")
+    parser.add_argument("--shuffled-epochs", type=int, default=2, help="epochs of the shuffled-label model")
     parser.add_argument("--out", help="also write the table as CSV here")
     parser.add_argument("--smoke", action="store_true", help="compact DenseNet at 64 px: checks the script on a CPU")
     args = parser.parse_args()
@@ -197,8 +233,9 @@ def main() -> None:
     timer = Timer(run.device)
     notebook_01(run, timer, args)
     notebook_02(run, timer)
-    for notebook in (notebook_03, notebook_04, notebook_05):
-        notebook(run, timer)
+    notebook_03(run, timer)
+    notebook_04(run, timer)
+    notebook_05(run, timer, args)
     table = pd.DataFrame(timer.rows).assign(device=name)
     report(table, name)
     if args.out:
@@ -212,17 +249,23 @@ def report(table: pd.DataFrame, device: str) -> None:
         print(f"| {row.notebook} | {row.step} | {row.seconds:.2f} | {row.images_per_s:.1f} |")
     totals = table.groupby("notebook")["seconds"].sum()
     print("\nseconds per notebook:", {k: round(v, 1) for k, v in totals.items()})
-    print(f"notebooks 03-05 together: {totals[['03', '04', '05']].sum():.1f} s (target <= 120 s on an H100-class card)")
-    synthetic = table[table["step"].str.startswith("synthetic")].set_index("step")["images_per_s"]
-    epoch = table[table["step"].str.startswith("training epoch")]["images_per_s"].iloc[0]
-    paper_batch = synthetic.iloc[0]  # the profile's own batch size comes first (sorted, 16 < 64)
+    together = totals[["03", "04", "05"]].sum()
+    training = table[table["step"].str.startswith("shuffled-label model")]["seconds"].sum()
     print(
-        f"epoch throughput {epoch:.0f} images/s = {epoch / paper_batch:.2f} x the synthetic steps at batch 16 "
-        f"(target >= 0.8)"
+        f"notebooks 03-05 together: {together:.1f} s, of which {training:.1f} s train the shuffled-label model; "
+        f"{together - training:.1f} s without it (target <= 120 s on an H100-class card)"
+    )
+    synthetic = table[table["step"].str.startswith("synthetic")].set_index("step")["images_per_s"]
+    epochs = table[table["step"].str.startswith("training epoch")]["images_per_s"]
+    paper_batch = synthetic.iloc[0]  # the profile's own batch size comes first (sorted, 16 < 64)
+    steady = epochs.iloc[-1]
+    print(
+        f"epoch throughput {', '.join(f'{e:.0f}' for e in epochs)} images/s (first to last epoch); the last is "
+        f"{steady / paper_batch:.2f} x the synthetic steps at batch 16 (target >= 0.8)"
     )
     print(
         f"projected epoch on the full CheXpert-small ({CHEXPERT_SMALL_TRAIN:,} images): "
-        f"{CHEXPERT_SMALL_TRAIN / epoch / 60:.1f} min at {epoch:.0f} images/s"
+        f"{CHEXPERT_SMALL_TRAIN / steady / 60:.1f} min at {steady:.0f} images/s"
     )
 
 

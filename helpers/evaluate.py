@@ -21,7 +21,15 @@ from helpers.data import batch_inputs
 from helpers.io import atomic_path
 from helpers.tensors import to_numpy
 
-__all__ = ["REFERENCE_AUROC", "evaluate", "per_class_auroc", "predict", "save_predictions", "summary_table"]
+__all__ = [
+    "REFERENCE_AUROC",
+    "bootstrap_metric_matrix",
+    "evaluate",
+    "per_class_auroc",
+    "predict",
+    "save_predictions",
+    "summary_table",
+]
 
 
 @torch.no_grad()
@@ -79,17 +87,7 @@ def evaluate(
     """
     mask = np.ones_like(targets) if mask is None else mask
     point = _metric_matrix(probs, targets, mask)
-    rng = np.random.default_rng(seed)
-    boots = (
-        np.stack(
-            [
-                _metric_matrix(probs[i], targets[i], mask[i])
-                for i in (rng.integers(0, len(probs), len(probs)) for _ in range(n_boot))
-            ]
-        )
-        if n_boot
-        else None
-    )
+    boots = bootstrap_metric_matrix(probs, targets, mask, n_boot, seed) if n_boot else None
     rows = []
     for m, metric in enumerate(("AUROC", "AP")):
         for j, name in enumerate(pathologies):
@@ -112,6 +110,45 @@ def _metric_matrix(probs, targets, mask) -> np.ndarray:
         keep = mask[:, j] > 0
         ap[j] = average_precision_score(targets[keep, j], probs[keep, j])
     return np.stack([auroc, ap])
+
+
+def bootstrap_metric_matrix(
+    probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, n_boot: int, seed: int = 0
+) -> np.ndarray:
+    """AUROC and AP of every class on ``n_boot`` bootstrap resamples of the images: ``(n_boot, 2, n_classes)``.
+
+    The same numbers as sklearn's ``roc_auc_score`` and ``average_precision_score`` on each resample (NaN where a
+    resample lacks a class's positives or negatives), computed for all resamples at once: a resample is the count
+    of draws of each image, and both metrics are sums over tied-score groups weighted by those counts. Written by
+    hand because sklearn scores one resample per call (1,000 x 14 x 2 calls: half a minute for 150 images).
+    """
+    rng = np.random.default_rng(seed)
+    n = len(probs)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+    out = np.full((n_boot, 2, targets.shape[1]), np.nan)
+    for j in range(targets.shape[1]):
+        keep = mask[:, j] > 0
+        out[:, :, j] = _weighted_auroc_ap(probs[keep, j], targets[keep, j], counts[:, keep])
+    return out
+
+
+def _weighted_auroc_ap(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(n_weightings, 2)``: AUROC and AP of ``scores`` for the labels ``positive`` under each row of ``weights``."""
+    order = np.argsort(-scores, kind="stable")  # descending: the thresholds of the precision-recall curve
+    ordered = scores[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # one group per distinct score
+    is_positive = positive[order] > 0
+    pos = np.add.reduceat(weights[:, order] * is_positive, starts, axis=1) if len(starts) else weights[:, :0]
+    neg = np.add.reduceat(weights[:, order] * ~is_positive, starts, axis=1) if len(starts) else weights[:, :0]
+    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
+    defined = (total_pos > 0) & (total_neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        neg_above = np.cumsum(neg, axis=1) - neg  # negatives scored strictly higher than the group
+        auroc = (pos * (total_neg[:, None] - neg_above - 0.5 * neg)).sum(axis=1) / (total_pos * total_neg)
+        true_pos, false_pos = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+        precision = np.where(true_pos + false_pos > 0, true_pos / (true_pos + false_pos), 0.0)
+        ap = (pos / total_pos[:, None] * precision).sum(axis=1)  # recall steps times precision
+    return np.where(defined[:, None], np.stack([auroc, ap], axis=1), np.nan)
 
 
 def _nanmean_rows(values: np.ndarray) -> np.ndarray:

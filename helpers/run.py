@@ -247,29 +247,39 @@ class Run:
             prepared.masks("test")[rows],
         )
 
+    def has_counterfactuals(self) -> bool:
+        """Whether :meth:`counterfactuals` can render: the data is a chexplain phantom (its manifest is there),
+        also when a real-data profile reads one from ``CHEXPERT_ROOT``; real radiographs have no counterfactual."""
+        from helpers import phantom  # the run owns the phantom; data never generates it
+
+        return (self.data_root / phantom.MANIFEST).is_file()
+
     def counterfactuals(self, pairs: Sequence[tuple[int, str]]) -> torch.Tensor:
         """Network inputs ``(len(pairs), 3, H, W)``: each pair's explained image rendered again without that
-        pair's finding (phantom profiles only: real radiographs have no counterfactual).
+        pair's finding (phantom data only, see :meth:`has_counterfactuals`).
 
         Raises
         ------
         ValueError
-            For a profile whose data is not a phantom, or a phantom written at another size than the cache.
+            For data that is not a phantom, or a phantom written at another size than the cache.
         """
-        if self.profile.data_source != "phantom":
+        if not self.has_counterfactuals():
             raise ValueError(
-                f"Profile {self.profile.name!r} reads real data: counterfactual renders exist only for the phantom."
+                f"The data of profile {self.profile.name!r} ({self.data_root}) is not a chexplain phantom: "
+                f"counterfactual renders exist only for the phantom."
             )
-        from helpers import phantom  # the run owns the phantom; data never generates it
+        from helpers import phantom
 
         batch, meta = self.explained(), self.model()[1]
         rendered = phantom.render_without(self.data_root, [batch.image_ids[i] for i, _ in pairs], [p for _, p in pairs])
-        if not np.array_equal(rendered.factual, batch.images[[i for i, _ in pairs]]):
+        size = self.profile.image_size
+        factual, counterfactual = (data.resize_to_input(x, size) for x in (rendered.factual, rendered.counterfactual))
+        if not np.array_equal(factual, batch.images[[i for i, _ in pairs]]):
             raise ValueError(
                 f"The phantom at {self.data_root} renders other pixels than the cached images (another image size or "
                 f"version): rerun notebook 01 with profile {self.profile.name!r}."
             )
-        return data.to_model_input(torch.from_numpy(rendered.counterfactual), meta["mean"], meta["std"])
+        return data.to_model_input(torch.from_numpy(counterfactual), meta["mean"], meta["std"])
 
     def explainer(self, name: str, **overrides) -> explainers.Explainer:
         """The registered explainer ``name`` set up for this run's model: its input normalisation and, on a GPU,

@@ -41,6 +41,20 @@ def test_each_method_returns_raw_non_negative_maps(model, images, method):
     assert _hooks(model) == 0
 
 
+def test_eigencam_once_per_image_equals_the_library_per_class(model, images):
+    from pytorch_grad_cam import EigenCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    ours = cam.library_cam(model, model.target_layer, images[:2], [2, 5, 9], "eigencam").detach().numpy()
+    assert ours.shape == (2, 3, 64, 64)
+    library = EigenCAM(model=model, target_layers=[model.target_layer])
+    for k, c in enumerate([2, 5, 9]):  # the library's own call, one class at a time (it min-max scales its maps)
+        expected = library(images[:2], [ClassifierOutputTarget(c)] * 2)
+        scaled = ours[:, k] - ours[:, k].min(axis=(1, 2), keepdims=True)
+        scaled /= scaled.max(axis=(1, 2), keepdims=True)
+        assert np.allclose(scaled, expected, atol=1e-3)
+
+
 def test_scorecam_is_opt_in(model, images):
     with pytest.raises(ValueError, match="allow_slow=True"):
         cam.explain_cam(model, images[:1], method="scorecam")

@@ -36,6 +36,28 @@ def test_evaluate_matches_scikit_learn_and_reports_missing():
     assert again.equals(table)
 
 
+def test_bootstrap_matrix_equals_scikit_learn_on_every_resample():
+    rng = np.random.default_rng(4)
+    n = 60
+    probs = rng.random((n, 14)).round(1)  # many tied scores
+    targets = (rng.random((n, 14)) < 0.15).astype(float)  # rare: some resamples lack positives
+    targets[:, 3] = 0
+    mask = (rng.random((n, 14)) < 0.8).astype(float)
+    fast = evaluate.bootstrap_metric_matrix(probs, targets, mask, 50, seed=7)
+    draws = np.random.default_rng(7)  # the same resamples, drawn as the function draws them
+    for b in range(50):
+        rows = draws.integers(0, n, n)
+        for j in range(14):
+            keep = mask[rows, j] > 0
+            y, p = targets[rows][keep, j], probs[rows][keep, j]
+            if 0 < y.sum() < len(y):
+                assert fast[b, 0, j] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+                assert fast[b, 1, j] == pytest.approx(average_precision_score(y, p), abs=1e-12)
+            else:
+                assert np.isnan(fast[b]).all(axis=0)[j]
+    assert np.isnan(fast[:, :, 3]).all() and np.isfinite(fast).any(axis=(0, 1)).sum() == 13
+
+
 def test_per_class_auroc_uses_only_unmasked_rows():
     probs, targets = _scores(seed=2)
     mask = np.ones_like(targets)

@@ -238,3 +238,21 @@ def test_paired_differences_compare_the_same_maps_when_one_method_has_gaps():
     scores = pd.DataFrame(rows, columns=metrics.COLUMNS)
     pooled = metrics.paired_differences(scores, "a", "b", n_boot=50).set_index("pathology").loc["all"]
     assert pooled["mean_difference"] == pytest.approx(0.0) and pooled["n"] == 6
+
+
+def test_pixel_auroc_equals_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((40, 40), bool)
+    mask[5:20, 10:30] = True
+    for heatmap in (rng.normal(size=(40, 40)).round(1), np.kron(rng.random((4, 4)), np.ones((10, 10))) - 0.3):
+        expected = roc_auc_score(mask.ravel(), metrics.positive_part(heatmap).ravel())
+        assert metrics.pixel_auroc(heatmap, mask) == pytest.approx(expected, abs=1e-12)
+
+
+def test_resolution_is_measured_once_per_map_and_the_same_again():
+    peak = _peak(32, 32, 3.0)
+    first = metrics.resolution_px(peak)
+    assert metrics.resolution_px(peak.copy()) == first  # from the cache
+    assert metrics.resolution_px(_peak(32, 32, 6.0)) > first  # another map is measured, not looked up

@@ -219,3 +219,13 @@ def test_sanity_outcome_summarises_per_stage_and_decides_on_the_sign_blind_simil
     assert outcome["n"].tolist() == [2, 1, 1, 1]
     assert outcome["decided_by"].tolist() == ["spearman_abs", "spearman_abs", "ssim_abs", "ssim_abs"]
     assert outcome["passes"].tolist() == [False, False, True, True]
+
+
+def test_similarities_on_several_processes_equal_one_process(model, images):
+    explainer = explainers.create("gradient_x_input")
+    pairs = [(0, "Edema"), (1, "Cardiomegaly"), (2, "Edema")]
+    one, two = (
+        sanity.model_randomisation(model, images, explainer, pairs, mode="independent", n_jobs=n) for n in (1, 2)
+    )
+    pd.testing.assert_frame_equal(one, two)
+    assert len(one) == len(pairs) * len(model.randomisation_stages()) * len(sanity.SIMILARITIES)

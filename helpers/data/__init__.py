@@ -31,6 +31,7 @@ from helpers.data.images import (
     input_geometry,
     is_dicom,
     load_image,
+    resize_to_input,
     resolve_image_path,
 )
 from helpers.data.masks import (
@@ -76,6 +77,7 @@ __all__ = [
     "frontal_only",
     "image_ids",
     "load_image",
+    "resize_to_input",
     "load_masks",
     "load_prepared",
     "mask_files",

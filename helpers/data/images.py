@@ -75,6 +75,19 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
         raise DatasetError(f"Image file missing: {path}. Restore it, or {_DROP_ROW_HINT}.") from error
     except OSError as error:  # a folder, or a file this user may not read: nothing to decode
         raise DatasetError(f"Unreadable image file: {path} ({error}). Fix it, or {_DROP_ROW_HINT}.") from error
+    return _to_input_size(gray, size)
+
+
+def resize_to_input(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``(n, h, w)`` pictures (e.g. phantom renders) to ``(n, size, size)`` as :func:`load_image` resizes a
+    decoded file; unchanged when already that size."""
+    images = np.asarray(images, dtype=np.uint8)
+    if images.shape[1:] == (size, size):
+        return images
+    return np.stack([_to_input_size(Image.fromarray(image), size) for image in images])
+
+
+def _to_input_size(gray: Image.Image, size: int) -> np.ndarray:
     return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 

@@ -158,12 +158,15 @@ def library_cam(
 
     The library's forward and backward run as usual; its ``get_cam_image`` gives the un-normalised map,
     which is ReLU'd and upsampled here (the library would min-max normalise it, which must happen at use).
-    The library keeps activations and gradients as CPU numpy; the map comes back to the input's device.
+    The library keeps activations and gradients as CPU numpy; the map comes back to the input's device. A method
+    that reads no gradient (EigenCAM) gives every class the same map: it is computed once per image.
     """
     n, k = len(images), len(classes)
-    rows = images.repeat_interleave(k, dim=0).requires_grad_(True)  # parameters are frozen: grads flow from here
-    targets = [ClassifierOutputTarget(c) for _ in range(n) for c in classes]  # one target per row, always
     cam = METHODS[method](model=model, target_layers=[layer])
+    per_row = k if cam.uses_gradients else 1
+    rows = images.repeat_interleave(per_row, dim=0).requires_grad_(True)  # parameters are frozen: grads flow here
+    row_classes = classes if cam.uses_gradients else classes[:1]
+    targets = [ClassifierOutputTarget(c) for _ in range(n) for c in row_classes]  # one target per row, always
     try:
         with torch.enable_grad():
             outputs = cam.activations_and_grads(rows)
@@ -174,7 +177,8 @@ def library_cam(
         raw = cam.get_cam_image(rows, layer, targets, activations, grads, False)
     finally:
         cam.activations_and_grads.release()
-    maps = torch.as_tensor(raw, device=images.device).clamp(min=0).float().view(n, k, *raw.shape[-2:])
+    maps = torch.as_tensor(raw, device=images.device).clamp(min=0).float().view(n, per_row, *raw.shape[-2:])
+    maps = maps.expand(n, k, *raw.shape[-2:])
     return _upsample(maps, images.shape[-2:])
 
 

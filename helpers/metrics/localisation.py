@@ -28,9 +28,9 @@ from functools import partial
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.stats import rankdata
 from skimage.filters import threshold_otsu
 from skimage.segmentation import find_boundaries
-from sklearn.metrics import roc_auc_score
 
 from helpers import labels
 from helpers.heatmaps import HeatmapSet
@@ -155,7 +155,12 @@ def chexlocalize_iou(
         and the mask are non-empty. With ``False`` (its full-dataset mode, used with probability cutoffs in
         the paper's Table 3, and the default here) NaN only when both are empty, and 0 when one is.
     """
-    segmentation, mask = chexlocalize_segmentation(heatmap, positive), np.asarray(mask, dtype=bool)
+    return _segmentation_iou(chexlocalize_segmentation(heatmap, positive), mask, true_positive_only)
+
+
+def _segmentation_iou(segmentation: np.ndarray, mask: np.ndarray, true_positive_only: bool = False) -> float:
+    """:func:`chexlocalize_iou` from a segmentation already made."""
+    mask = np.asarray(mask, dtype=bool)
     union = np.logical_or(segmentation, mask).sum()
     if not union or (true_positive_only and not (segmentation.any() and mask.any())):
         return float("nan")
@@ -177,7 +182,12 @@ def boundary_f1(heatmap: np.ndarray, mask: np.ndarray, tolerance_px: float = 2) 
     is written by hand, as neither library has one. 1 for the mask itself; 0 when the segmentation is empty
     (a constant map); NaN when neither has a boundary (e.g. a mask covering the image).
     """
-    found = find_boundaries(chexlocalize_segmentation(heatmap), mode="inner")
+    return _segmentation_boundary_f1(chexlocalize_segmentation(heatmap), mask, tolerance_px)
+
+
+def _segmentation_boundary_f1(segmentation: np.ndarray, mask: np.ndarray, tolerance_px: float = 2) -> float:
+    """:func:`boundary_f1` from a segmentation already made."""
+    found = find_boundaries(segmentation, mode="inner")
     truth = find_boundaries(np.asarray(mask, dtype=bool), mode="inner")
     if not found.any() or not truth.any():
         return float("nan") if not found.any() and not truth.any() else 0.0
@@ -211,11 +221,18 @@ def rank_accuracy(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 
 def pixel_auroc(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """AUROC of the map's positive part as a detector of mask pixels."""
-    flat_mask = mask.ravel()
-    if flat_mask.all() or not flat_mask.any():
+    """AUROC of the map's positive part as a detector of mask pixels.
+
+    Computed as the Mann-Whitney U statistic over ``scipy.stats.rankdata``'s average ranks (ties count one
+    half), which is sklearn's ``roc_auc_score`` in a fifth of its time on a 224 px map.
+    """
+    inside = np.asarray(mask, dtype=bool).ravel()
+    n_inside = int(inside.sum())
+    n_outside = inside.size - n_inside
+    if not n_inside or not n_outside:
         return float("nan")
-    return float(roc_auc_score(flat_mask, positive_part(heatmap).ravel()))
+    ranks = rankdata(positive_part(heatmap).ravel())
+    return float((ranks[inside].sum() - n_inside * (n_inside + 1) / 2) / (n_inside * n_outside))
 
 
 #: Localisation scores of one map against its mask, by metric name.
@@ -298,7 +315,20 @@ def _with_prediction(heatmaps: HeatmapSet, i: int, j: int) -> dict:
     as positive."""
     probability = heatmaps.probs[i, j]
     positive = bool(np.isnan(probability) or probability >= 0.5)
-    return {**WITH_MASK, "iou_gated": lambda heatmap, mask: chexlocalize_iou(heatmap, mask, positive)}
+    segmentation = None
+
+    def segmented(heatmap: np.ndarray) -> np.ndarray:  # made once per map: three scores read it
+        nonlocal segmentation
+        if segmentation is None:
+            segmentation = chexlocalize_segmentation(heatmap)
+        return segmentation
+
+    return {
+        **WITH_MASK,
+        "iou": lambda heatmap, mask: _segmentation_iou(segmented(heatmap), mask),
+        "boundary_f1": lambda heatmap, mask: _segmentation_boundary_f1(segmented(heatmap), mask),
+        "iou_gated": lambda heatmap, mask: _segmentation_iou(segmented(heatmap) & positive, mask),
+    }
 
 
 def _rows(heatmaps: HeatmapSet, i: int, pathology: str, functions: Mapping, *arrays: np.ndarray) -> list[tuple]:

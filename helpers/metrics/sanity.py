@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from joblib import Parallel, delayed
 from scipy import stats
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
@@ -155,6 +156,7 @@ def model_randomisation(
     *,
     mode: str = "cascading",
     stages: Sequence[tuple[str, Sequence[str]]] | None = None,
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
     """Model parameter randomisation test (Adebayo et al. 2018): re-initialise layers and compare the maps.
 
@@ -180,6 +182,9 @@ def model_randomisation(
     stages : sequence of (stage name, module names), optional
         Module groups from the output down (names as in ``model.named_modules()``); default the model's own
         ``randomisation_stages()``.
+    n_jobs : int
+        Processes computing the similarities (joblib; -1: every core). Every stage is explained first, on the
+        model's device; the similarities (HOG and SSIM of every pair) are CPU work that a GPU would wait on.
 
     Returns
     -------
@@ -193,11 +198,14 @@ def model_randomisation(
     stages = _checked_stages(model, stages)
     pathologies = list(dict.fromkeys(pathology for _, pathology in pairs))
     trained = explainer.explain(model, inputs, pathologies, image_ids=image_ids)
-    rows = []
-    for stage, randomised in _randomised_models(model, stages, mode, seed):
-        maps = explainer.explain(randomised, inputs, pathologies, image_ids=image_ids)
-        rows += _similarity_rows(trained, maps, pairs, f"{mode}:{stage}")
-    return pd.DataFrame(rows, columns=COLUMNS)
+    explained = [
+        (stage, explainer.explain(randomised, inputs, pathologies, image_ids=image_ids))
+        for stage, randomised in _randomised_models(model, stages, mode, seed)
+    ]
+    per_stage = Parallel(n_jobs=n_jobs)(
+        delayed(_similarity_rows)(trained, maps, pairs, f"{mode}:{stage}") for stage, maps in explained
+    )
+    return pd.DataFrame([row for rows in per_stage for row in rows], columns=COLUMNS)
 
 
 def cascading_randomisation(

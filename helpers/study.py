@@ -1,0 +1,140 @@
+"""Notebook 05's comparison, step by step: the computations it narrates, so that the notebook and the GPU
+benchmark (``benchmarks/bench_gpu.py``) run the same code.
+
+Each step takes a :class:`~helpers.run.Run` and its explained batch and returns a tidy table
+(``image, pathology, method, metric, value``) or a dict of HeatmapSets. Steps that need what only some data
+have (the finding prior needs training masks, the counterfactual renders a phantom) say so and leave their
+rows out on other data, so the paper profile on real CheXpert runs the notebook top to bottom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+from joblib import Parallel, delayed
+from torch import nn
+
+from helpers import metrics
+from helpers.heatmaps import HeatmapSet
+from helpers.run import ExplainedBatch, Run
+
+__all__ = [
+    "available_baselines",
+    "counterfactual_faithfulness",
+    "reference_method",
+    "sanity_checks",
+    "score_methods",
+    "stratified_summary",
+]
+
+
+def available_baselines(run: Run, names: Sequence[str]) -> list[str]:
+    """``names`` less the baselines this run's data cannot make, each dropped with a printed reason.
+
+    The finding prior is the mean training mask: real CheXpert with CheXlocalize has masks only for test
+    images, which the prior must not see.
+    """
+    kept = list(names)
+    if "prior" in kept:
+        try:
+            run.finding_prior()
+        except FileNotFoundError as error:
+            kept.remove("prior")
+            print(f"Baseline 'prior' left out: {error}")
+    return kept
+
+
+def reference_method(methods: Sequence[str]) -> str:
+    """The model-free map every method is compared with: the finding prior where it exists, else random."""
+    return "prior" if "prior" in methods else "random"
+
+
+def score_methods(
+    sets: dict[str, HeatmapSet], batch: ExplainedBatch, n_jobs: int | None = None, multi_finding: bool = True
+) -> pd.DataFrame:
+    """:func:`helpers.metrics.score` of every method, on ``n_jobs`` processes (default: every core), plus the
+    ``hit_multi`` rows of images with several findings.
+
+    The methods are independent and their scores are numpy and scipy work on the CPU, so they run side by side
+    (joblib; the maps and masks travel as shared memory maps); the rows come back in ``sets`` order.
+    """
+    tables = Parallel(n_jobs=n_jobs or -1)(
+        delayed(metrics.score)(heatmaps, batch.masks, codes=batch.codes) for heatmaps in sets.values()
+    )
+    scores = pd.concat(tables, ignore_index=True)
+    if multi_finding:
+        multi = metrics.multi_finding_rows(scores, batch.codes, batch.image_ids)
+        scores = pd.concat([scores, multi], ignore_index=True)
+    return scores
+
+
+def counterfactual_faithfulness(
+    run: Run,
+    model: nn.Module,
+    sets: dict[str, HeatmapSet],
+    methods: Sequence[str],
+    n_pairs: int,
+    steps: int,
+) -> pd.DataFrame:
+    """Deletion and insertion toward the counterfactual image without the finding
+    (:func:`helpers.metrics.counterfactual_perturbation_scores`) for ``n_pairs`` balanced pairs of the explained
+    batch; no rows (and a printed reason) where the data is not a phantom and so has no counterfactual."""
+    if not run.has_counterfactuals():
+        print(f"Counterfactual faithfulness left out: {run.data_root} is not a chexplain phantom.")
+        return pd.DataFrame(columns=metrics.COLUMNS)
+    batch = run.explained()
+    pairs = batch.balanced_pairs(n_pairs, seed=run.profile.seed)
+    counterfactual = run.counterfactuals(pairs)
+    tables = [
+        metrics.counterfactual_perturbation_scores(model, batch.inputs, counterfactual, sets[m], pairs, steps=steps)
+        for m in methods
+        if m in sets
+    ]
+    return pd.concat(tables, ignore_index=True)
+
+
+def sanity_checks(
+    run: Run, model: nn.Module, methods: Sequence[str], n_images: int, shuffled_epochs: int, n_jobs: int = -1
+) -> pd.DataFrame:
+    """Adebayo et al.'s checks on the first ``n_images`` explained images: model randomisation, cascading and
+    independent, and data randomisation against a model trained ``shuffled_epochs`` on permuted labels.
+
+    The similarities of each mode's stages are computed on ``n_jobs`` processes (default: every core).
+    Returns the similarity rows of :func:`helpers.metrics.model_randomisation` and
+    :func:`helpers.metrics.data_randomisation` (decide with :func:`helpers.metrics.sanity_outcome`).
+    """
+    checked = run.explained().head(n_images)
+    shuffled, _ = run.shuffled_label_model(shuffled_epochs)
+    rows = []
+    for name in methods:
+        explainer = run.explainer(name)
+        for mode in ("cascading", "independent"):
+            rows.append(
+                metrics.model_randomisation(
+                    model,
+                    checked.inputs,
+                    explainer,
+                    checked.pairs(),
+                    image_ids=checked.image_ids,
+                    mode=mode,
+                    n_jobs=n_jobs,
+                )
+            )
+        trained, permuted = (
+            explainer.explain(m, checked.inputs, image_ids=checked.image_ids) for m in (model, shuffled)
+        )
+        rows.append(metrics.data_randomisation(trained, permuted, checked.pairs()))
+    return pd.concat(rows, ignore_index=True)
+
+
+def stratified_summary(
+    batch: ExplainedBatch, reference: HeatmapSet, scores: pd.DataFrame, n_boot: int, patients: dict
+) -> pd.DataFrame:
+    """Summaries (all findings pooled) by stratum: the prediction of ``reference``'s model (true positive or
+    false negative) and the mask-size tercile (:func:`helpers.metrics.strata`)."""
+    strata = metrics.strata(batch.image_ids, reference.probs, batch.masks, batch.codes, reference.pathologies)
+    strata = strata.melt(["image", "pathology"], ["prediction", "mask_size"], var_name="stratum", value_name="level")
+    stratified = scores.merge(strata, on=["image", "pathology"])
+    summary = metrics.summarise(stratified, n_boot, patients=patients, by=["stratum", "level"])
+    return summary[summary["pathology"] == "all"]
