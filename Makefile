@@ -34,12 +34,11 @@ run: $(STAMP) ## Run the notebooks in order (PROFILE=default); everything lands 
 
 seeds: $(STAMP) ## The study over training seeds: default-seed1 and -seed2 beside `make run`'s default, then the seed table
 	@test -f runs/$(PROFILE)/metrics/summary.csv || { echo "No runs/$(PROFILE)/metrics/summary.csv: run 'make run' first."; exit 1; }
-	@# two runs side by side, one thread each: on 2 cores that beats one after the other (two multi-threaded
-	@# torch processes at once slow each other down many times over)
-	set -e; pids=; for seed in 1 2; do \
-	  OMP_NUM_THREADS=1 $(MAKE) run PROFILE=$(PROFILE)-seed$$seed PARAMS="$(SEED_PARAMS)" > runs/seed$$seed.log 2>&1 & \
-	  pids="$$pids $$!"; \
-	done; for pid in $$pids; do wait $$pid; done
+	@# one after the other: two studies side by side (one thread each) twice hung in notebook 03's viewer cell,
+	@# papermill waiting on an idle kernel
+	set -e; for seed in 1 2; do \
+	  $(MAKE) run PROFILE=$(PROFILE)-seed$$seed PARAMS="$(SEED_PARAMS)" > runs/seed$$seed.log 2>&1; \
+	done
 	$(BIN)/python -m helpers.report seeds $(PROFILE) $(PROFILE)-seed1 $(PROFILE)-seed2
 
 results: $(STAMP) ## Write the README's results block from the default run's tables (a person decides when)
