@@ -2,8 +2,8 @@
 
 Model randomisation (cascading and independent) of one explainer on ``--n`` random inputs at ``--size`` px, for
 ``--findings`` findings per image, first with ``n_jobs=1`` then ``n_jobs=-1``; the explanations are the same work
-both times, so the difference is what running the similarities (HOG, SSIM, Spearman) on every core saves. A random initialisation stands in
-for a trained model (the work is the same).
+both times, so the difference is what running the similarities (HOG, SSIM, Spearman) on every core saves. A random
+initialisation stands in for a trained model (the work is the same).
 
 Run: ``python benchmarks/bench_randomisation.py [--arch densenet121] [--size 224] [--method lrp_epsilon_plus_flat]``.
 """
