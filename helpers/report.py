@@ -3,7 +3,8 @@
 ``python -m helpers.report readme <profile> README.md`` replaces the text between the README's
 ``<!-- results:begin -->`` and ``<!-- results:end -->`` markers with tables rendered from
 ``runs/<profile>/metrics/*.csv`` (written by notebook 05). ``python -m helpers.report seeds <profile> ...``
-combines the runs of several training seeds into ``runs/<first profile>/metrics/seeds_*.csv``. Outcomes are
+combines the runs of several training seeds into ``runs/<first profile>/metrics/seeds_*.csv`` (the results block
+shows them once they exist). Outcomes are
 rendered from the structured columns the metrics computed (``outcome``, ``passes``); no conclusion is written
 here that a table does not hold.
 """
@@ -84,14 +85,32 @@ def results_markdown(run: Run) -> str:
         "**Class sensitivity** (mean correlation between one image's maps for its findings with a positive logit):",
         _markdown(_pooled_rows(summary, CLASS_SENSITIVITY)),
     ]
-    seeds = run.table_path("seeds_versus_prior")
-    if seeds.is_file():
+    return "\n\n".join(sections + _seed_sections(run))
+
+
+def _seed_sections(run: Run) -> list[str]:
+    """The seed tables of ``make seeds``, where they exist."""
+    sections = []
+    if run.table_path("seeds_versus_prior").is_file():
         sections += [
-            "**Across training seeds** (difference to the prior over the methods every seed explained; `holds` "
-            "+1 / -1 only where every seed gives that outcome, better / worse, at Holm p < 0.05):",
-            _markdown(_seed_rows(pd.read_csv(seeds))),
+            "**Across training seeds: each method against the prior** (over the methods every seed explained; "
+            "`holds` +1 / -1 only where every seed gives that outcome, better / worse, at Holm p < 0.05):",
+            _markdown(_seed_rows(run.table("seeds_versus_prior"))),
         ]
-    return "\n\n".join(sections)
+    if run.table_path("seeds_granularity").is_file():
+        sections += [
+            "**Across training seeds: granularity against Grad-CAM at each layer** (gap lower is better, F1 and "
+            "sep. higher; `holds` as above):",
+            _markdown(_seed_rows(run.table("seeds_granularity"), with_reference=True)),
+        ]
+    if run.table_path("seeds_sanity").is_file():
+        sanity = run.table("seeds_sanity")
+        sections += [
+            "**Across training seeds: sanity** (sign-blind Spearman of the whole randomised model, or of the "
+            "shuffled-label model; seeds in which the method passes):",
+            _markdown(sanity.assign(method=sanity["method"].map(label)).round(2)),
+        ]
+    return sections
 
 
 #: Pooled metrics shown per method in the faithfulness and class-sensitivity tables, with their headers.
@@ -180,9 +199,13 @@ def _yes(passes) -> str:
     return "passes" if bool(passes) and str(passes) != "False" else "fails"
 
 
-def _seed_rows(seeds: pd.DataFrame) -> pd.DataFrame:
-    keep = ["a", "metric", "seed_mean_difference", "seed_sd_difference", "max_p_holm", "n_seeds", "holds"]
-    return seeds[keep].assign(a=seeds["a"].map(label)).round(3)
+def _seed_rows(seeds: pd.DataFrame, with_reference: bool = False) -> pd.DataFrame:
+    keep = ["a", *(["b"] if with_reference else []), "metric"]
+    keep += ["seed_mean_difference", "seed_sd_difference", "max_p_holm", "n_seeds", "holds"]
+    table = seeds[keep].assign(a=seeds["a"].map(label))
+    if with_reference:
+        table = table.assign(b=seeds["b"].map(label))
+    return table.round(3)
 
 
 def replace_block(text: str, block: str) -> str:
@@ -202,27 +225,63 @@ def write_readme(profile: str, readme: Path) -> None:
 
 #: The metrics compared with the prior in every seed (notebook 05's localisation list).
 SEED_METRICS = ["hit", "iou", "mass_accuracy", "rank_accuracy", "pixel_auroc", "cf_deletion_auc", "cf_insertion_auc"]
+#: Grad-CAM at its three layers, against which every other common method's granularity is compared in every seed.
+SEED_CAMS = ["gradcam", "gradcam_2x", "gradcam_4x"]
 
 
 def write_seed_tables(profiles: Sequence[str], n_boot: int = 1000) -> None:
-    """Seed-to-seed spread of the pooled summaries, and whether each method's outcome against the prior holds in
-    every seed, into the first profile's metrics folder (``seeds_summary.csv``, ``seeds_versus_prior.csv``).
+    """Seed-to-seed spread of the pooled summaries, whether each method's outcome against the prior and its
+    granularity against Grad-CAM (at each layer) hold in every seed, and each seed's sanity verdicts, into the
+    first profile's metrics folder (``seeds_summary``, ``seeds_versus_prior``, ``seeds_granularity``,
+    ``seeds_sanity``).
 
     The comparisons are recomputed from each seed's ``scores.csv`` over the methods every seed explained, so that
     each seed's Holm correction covers the same family.
     """
     runs = [Run(p, device="cpu") for p in profiles]
     scores = [run.table("scores") for run in runs]
-    common = sorted(set.intersection(*(set(s["method"]) for s in scores)) - {"prior"})
-    comparisons = {}
-    for k, (run, table) in enumerate(zip(runs, scores)):
-        batch = run.explained()
-        patients = dict(zip(batch.image_ids, batch.patients))
-        compared = metrics.compare(table, [(m, "prior") for m in common], SEED_METRICS, n_boot, patients=patients)
-        comparisons[k] = metrics.outcome(compared)
+    common = sorted(set.intersection(*(set(s["method"]) for s in scores)))
+    families = {
+        "seeds_versus_prior": ([(m, "prior") for m in common if m != "prior"], SEED_METRICS),
+        "seeds_granularity": (
+            [(m, cam) for cam in SEED_CAMS if cam in common for m in common if m.startswith(("lrp_", "gradient"))],
+            list(GRANULARITY_SHOWN),
+        ),
+    }
+    for name, (pairs, metric_names) in families.items():
+        comparisons = {}
+        for k, (run, table) in enumerate(zip(runs, scores)):
+            batch = run.explained()
+            patients = dict(zip(batch.image_ids, batch.patients))
+            comparisons[k] = metrics.outcome(metrics.compare(table, pairs, metric_names, n_boot, patients=patients))
+        runs[0].save_table(metrics.holds_across_seeds(comparisons), name)
     summaries = {k: r.table("summary").query("pathology == 'all'") for k, r in enumerate(runs)}
     runs[0].save_table(metrics.across_seeds(summaries, ["method", "metric"]), "seeds_summary")
-    runs[0].save_table(metrics.holds_across_seeds(comparisons), "seeds_versus_prior")
+    runs[0].save_table(_sanity_across_seeds([r.table("sanity") for r in runs]), "seeds_sanity")
+
+
+def _sanity_across_seeds(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per method (those every seed checked): the sign-blind Spearman of the whole randomised model (the last
+    cascading stage) and of the shuffled-label model in each seed, and in how many seeds it passes."""
+    rows = []
+    for k, table in enumerate(tables):
+        decided = table[(table["similarity"] == "spearman_abs") & table["mode"].isin(["cascading", "data"])]
+        for (method, mode), own in decided.groupby(["method", "mode"], sort=False):
+            last = own.iloc[-1]  # the stages run from the output down: the last is the whole model (or the data)
+            rows.append({"seed": k, "method": method, "mode": mode, "stage": last["stage"], **_verdict(last)})
+    stacked = pd.DataFrame(rows)
+    checked = stacked.groupby(["method", "mode"])["seed"].transform("nunique") == len(tables)
+    return (
+        stacked[checked]
+        .groupby(["method", "mode", "stage"], sort=False)
+        .agg(seed_mean=("mean", "mean"), seed_min=("mean", "min"), seed_max=("mean", "max"), passes=("passes", "sum"))
+        .assign(n_seeds=len(tables))
+        .reset_index()
+    )
+
+
+def _verdict(row: pd.Series) -> dict:
+    return {"mean": row["mean"], "passes": _yes(row["passes"]) == "passes"}
 
 
 def main(argv: list[str] | None = None) -> None:

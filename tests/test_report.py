@@ -83,3 +83,49 @@ def test_readme_block_is_replaced_between_markers_only(run, tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         report.write_readme("smoke", readme)
+
+
+def _sanity_row(method, mode, stage, mean, passes):
+    return {
+        "method": method,
+        "mode": mode,
+        "stage": stage,
+        "similarity": "spearman_abs",
+        "mean": mean,
+        "passes": passes,
+    }
+
+
+def test_sanity_across_seeds_counts_the_seeds_that_pass_on_the_whole_model():
+    seed0 = pd.DataFrame(
+        [
+            _sanity_row("gradcam", "cascading", "head", 0.2, True),
+            _sanity_row("gradcam", "cascading", "stem", 0.1, True),  # the last stage: the whole model random
+            _sanity_row("gradcam", "independent", "stem", 0.9, False),  # not a whole-model verdict: left out
+            _sanity_row("lrp_z", "cascading", "stem", 0.6, False),
+            _sanity_row("lrp_z", "data", "shuffled_labels", 0.3, True),
+            _sanity_row("edge", "cascading", "stem", 0.9, False),  # checked in one seed only: left out
+        ]
+    )
+    seed1 = pd.DataFrame(
+        [
+            _sanity_row("gradcam", "cascading", "stem", 0.3, True),
+            _sanity_row("lrp_z", "cascading", "stem", 0.4, True),
+            _sanity_row("lrp_z", "data", "shuffled_labels", 0.7, False),
+        ]
+    )
+    table = report._sanity_across_seeds([seed0, seed1]).set_index(["method", "mode"])
+    assert set(table.index) == {("gradcam", "cascading"), ("lrp_z", "cascading"), ("lrp_z", "data")}
+    assert table.loc[("gradcam", "cascading"), "passes"] == 2 and table.loc[("lrp_z", "cascading"), "passes"] == 1
+    assert table.loc[("lrp_z", "data"), "seed_min"] == 0.3 and table.loc[("lrp_z", "data"), "seed_max"] == 0.7
+    assert (table["n_seeds"] == 2).all()
+
+
+def test_seed_tables_appear_in_the_block_once_written(run):
+    assert "Across training seeds" not in report.results_markdown(run)
+    granularity = {"a": "lrp_z", "b": "gradcam_4x", "metric": "resolution_gap", "pathology": "all"}
+    granularity.update(seed_mean_difference=2.5, seed_sd_difference=0.5, max_p_holm=0.01, n_seeds=3, holds=-1)
+    run.save_table(pd.DataFrame([granularity]), "seeds_granularity")
+    text = report.results_markdown(run)
+    assert "granularity against Grad-CAM at each layer" in text and "| -1 |" in text
+    assert "Grad-CAM" in text.split("granularity against Grad-CAM at each layer")[1]  # the reference, by its label
