@@ -7,6 +7,7 @@ the notebooks; the widgets only pick their arguments.
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections.abc import Mapping, Sequence
 
@@ -132,7 +133,6 @@ def heatmap_viewer(
 ):
     """Sliders over pathologies and images, a method dropdown and an opacity slider, around :func:`render_view`."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     first = next(iter(heatmap_sets.values()))
     pathology = widgets.SelectionSlider(
@@ -143,14 +143,40 @@ def heatmap_viewer(
     alpha = widgets.FloatSlider(0.5, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False)
 
     def draw(pathology, image, method, alpha):
-        fig = render_view(images, heatmap_sets[method], image, pathology, codes=codes, masks=masks, alpha=alpha)
-        display(fig)
-        plt.close(fig)
+        return render_view(images, heatmap_sets[method], image, pathology, codes=codes, masks=masks, alpha=alpha)
 
-    output = widgets.interactive_output(
-        draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha}
-    )
-    return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([method, alpha]), output])
+    frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha})
+    return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([method, alpha]), frame])
+
+
+def live_figure(render, controls: Mapping) -> object:
+    """An ``ipywidgets.Image`` showing ``render(**values of controls)`` as PNG, redrawn in place on every change.
+
+    Instead of ``ipywidgets.interactive_output``: its Output widget makes nbclient (papermill, nbmake) send comm
+    messages on the kernel's shell channel while it waits for the cell's reply, and batch runs of the notebooks
+    intermittently hung there (jupyter/nbclient#312; here twice in notebooks 03 and 04 of the seed runs). A new
+    image replaces the old one in the same widget, so a move never shows an empty frame. The figure is closed
+    after each draw.
+    """
+    import ipywidgets as widgets
+
+    frame = widgets.Image(format="png")
+
+    def redraw(_change=None):
+        fig = render(**{name: control.value for name, control in controls.items()})
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=SCREEN_DPI)
+        plt.close(fig)
+        frame.value = buffer.getvalue()
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    return frame
+
+
+#: Resolution of the viewers' frames (the figures' own sizes are in inches, for print).
+SCREEN_DPI = 110
 
 
 def plot_gallery(
@@ -275,7 +301,6 @@ def comparison_viewer(
 ):
     """Two method pickers sharing one pathology slider and one image slider, around :func:`render_comparison`."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     names = list(heatmap_sets)
     first = heatmap_sets[names[0]]
@@ -287,11 +312,9 @@ def comparison_viewer(
     right = widgets.Dropdown(options=names, value=names[-1], description="right")
 
     def draw(pathology, image, left, right):
-        fig = render_comparison(
+        return render_comparison(
             images, heatmap_sets, [left, right], image, pathology, scores=scores, masks=masks, codes=codes
         )
-        display(fig)
-        plt.close(fig)
 
-    output = widgets.interactive_output(draw, {"pathology": pathology, "image": image, "left": left, "right": right})
-    return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([left, right]), output])
+    frame = live_figure(draw, {"pathology": pathology, "image": image, "left": left, "right": right})
+    return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([left, right]), frame])

@@ -75,6 +75,21 @@ def test_gallery_and_viewer_build():
     assert len(viewer.children) == 3
 
 
+def test_viewer_redraws_its_frame_in_place_and_closes_its_figures():
+    result = _set()
+    images = np.random.default_rng(0).integers(0, 255, (2, 16, 16), dtype=np.uint8)
+    open_before = len(plt.get_fignums())
+    viewer = widgets.heatmap_viewer(images, {"gradcam": result})
+    (pathology, image), _, frame = viewer.children[0].children, viewer.children[1], viewer.children[2]
+    first = frame.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"  # a PNG, drawn when the viewer is built
+    image.value = 1
+    assert frame.value != first  # the same widget shows the other image
+    pathology.value = result.pathologies[-1]
+    assert frame.value not in (first, b"")
+    assert len(plt.get_fignums()) == open_before  # every figure drawn was closed
+
+
 def test_pick_examples_prefers_the_surest_positive():
     codes = np.full((3, 14), np.nan)
     codes[0, [2, 5]] = 1.0
