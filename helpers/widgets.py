@@ -22,6 +22,10 @@ from helpers.heatmaps import HeatmapSet, normalise
 CAM_CMAP = "inferno"
 LRP_CMAP = "RdBu_r"
 LABEL_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+#: What a panel says over a constant map, which carries no location.
+EMPTY_MAP = "empty map\n(every pixel the same)"
+#: Font sizes of the viewers' titles and of the text under and over the panels.
+TITLE_PT, TEXT_PT = 8, 7
 METRIC_LABELS = {
     "hit": "hit",
     "iou": "IoU",
@@ -75,7 +79,10 @@ def render_overlay(
         shown = ax.imshow(scaled, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=alpha)
     if mask is not None and mask.any():
         ax.contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
-    ax.set_title(title, fontsize=7)
+    if not np.ptp(np.nan_to_num(np.asarray(heatmap, dtype=np.float64))):
+        # a constant map (e.g. an all-zero CAM) would otherwise look like a uniform veil on its colour scale
+        ax.text(0.5, 0.5, EMPTY_MAP, transform=ax.transAxes, ha="center", va="center", fontsize=TEXT_PT, color="white")
+    ax.set_title(title, fontsize=TITLE_PT)
     ax.axis("off")
     return shown
 
@@ -107,7 +114,7 @@ def render_view(
     with paper_style():
         fig, (left, right) = plt.subplots(1, 2, figsize=(TWO_COLUMN, 3.6))
         left.imshow(images[image], cmap="gray")
-        left.set_title(heatmaps.image_ids[image], fontsize=7)
+        left.set_title(heatmaps.image_ids[image], fontsize=TITLE_PT)
         left.axis("off")
         title = f"{heatmaps.method}: {pathology}\np = {heatmaps.probs[image, j]:.3f}{label}"
         shown = render_overlay(
@@ -130,16 +137,19 @@ def heatmap_viewer(
     *,
     codes: np.ndarray | None = None,
     masks: np.ndarray | None = None,
+    start: tuple[int, str] | None = None,
+    picker: str = "method",
 ):
-    """Sliders over pathologies and images, a method dropdown and an opacity slider, around :func:`render_view`."""
+    """Sliders over pathologies and images, a method dropdown and an opacity slider, around :func:`render_view`.
+
+    ``start`` is the (image, pathology) shown first (e.g. the static frame's example; default the first of
+    each); ``picker`` labels the dropdown (notebook 03 picks composites).
+    """
     import ipywidgets as widgets
 
     first = next(iter(heatmap_sets.values()))
-    pathology = widgets.SelectionSlider(
-        options=first.pathologies, description="pathology", continuous_update=False, layout={"width": "520px"}
-    )
-    image = widgets.IntSlider(0, 0, len(first.image_ids) - 1, description="image", continuous_update=False)
-    method = widgets.Dropdown(options=list(heatmap_sets), description="method")
+    pathology, image = _example_sliders(first, start)
+    method = widgets.Dropdown(options=list(heatmap_sets), description=picker)
     alpha = widgets.FloatSlider(0.5, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False)
 
     def draw(pathology, image, method, alpha):
@@ -147,6 +157,24 @@ def heatmap_viewer(
 
     frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha})
     return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([method, alpha]), frame])
+
+
+def _example_sliders(heatmaps: HeatmapSet, start: tuple[int, str] | None) -> tuple:
+    """The pathology and image sliders of a viewer, at ``start`` (image, pathology) when given."""
+    import ipywidgets as widgets
+
+    image, pathology = start if start is not None else (0, heatmaps.pathologies[0])
+    pathology_slider = widgets.SelectionSlider(
+        options=heatmaps.pathologies,
+        value=pathology,
+        description="pathology",
+        continuous_update=False,
+        layout={"width": "520px"},
+    )
+    image_slider = widgets.IntSlider(
+        int(image), 0, len(heatmaps.image_ids) - 1, description="image", continuous_update=False
+    )
+    return pathology_slider, image_slider
 
 
 def live_figure(render, controls: Mapping) -> object:
@@ -249,7 +277,7 @@ def render_comparison(
         if mask is not None and mask.any():
             axes[0].contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
         label = "" if codes is None else f"\nlabel: {label_text(codes[image, k])}"
-        axes[0].set_title(f"{pathology}{label}", fontsize=7)
+        axes[0].set_title(f"{pathology}{label}", fontsize=TITLE_PT)
         axes[0].axis("off")
         for ax, method in zip(axes[1:], methods):
             maps = heatmap_sets[method]
@@ -269,7 +297,7 @@ def render_comparison(
                 transform=ax.transAxes,
                 ha="center",
                 va="top",
-                fontsize=6,
+                fontsize=TEXT_PT,
             )
         fig.tight_layout()
     return fig
@@ -298,16 +326,15 @@ def comparison_viewer(
     scores=None,
     masks: np.ndarray | None = None,
     codes: np.ndarray | None = None,
+    start: tuple[int, str] | None = None,
 ):
-    """Two method pickers sharing one pathology slider and one image slider, around :func:`render_comparison`."""
+    """Two method pickers sharing one pathology slider and one image slider, around :func:`render_comparison`;
+    ``start`` as for :func:`heatmap_viewer`."""
     import ipywidgets as widgets
 
     names = list(heatmap_sets)
     first = heatmap_sets[names[0]]
-    pathology = widgets.SelectionSlider(
-        options=first.pathologies, description="pathology", continuous_update=False, layout={"width": "520px"}
-    )
-    image = widgets.IntSlider(0, 0, len(first.image_ids) - 1, description="image", continuous_update=False)
+    pathology, image = _example_sliders(first, start)
     left = widgets.Dropdown(options=names, value=names[0], description="left")
     right = widgets.Dropdown(options=names, value=names[-1], description="right")
 

@@ -145,3 +145,24 @@ def test_symmetric_scale_keeps_zero_and_clips_outliers():
     scaled = widgets.symmetric_scale(heatmap)
     assert scaled.min() == -1 and scaled.max() <= 1 and scaled[5, 50] * heatmap[5, 50] >= 0
     assert np.array_equal(widgets.symmetric_scale(np.zeros((3, 3))), np.zeros((3, 3)))
+
+
+def test_viewer_starts_at_the_given_example_with_its_picker_label():
+    result = _set()
+    images = np.zeros((2, 16, 16), np.uint8)
+    viewer = widgets.heatmap_viewer(images, {"lrp": result}, start=(1, result.pathologies[-1]), picker="composite")
+    pathology, image = viewer.children[0].children
+    assert (image.value, pathology.value) == (1, result.pathologies[-1])
+    assert viewer.children[1].children[0].description == "composite"
+    viewer = widgets.comparison_viewer(images, {"a": result, "b": result}, start=(1, result.pathologies[0]))
+    assert viewer.children[0].children[1].value == 1
+
+
+def test_a_constant_map_is_labelled_empty():
+    fig, (ax_empty, ax_full) = plt.subplots(1, 2)
+    image = np.zeros((16, 16), np.uint8)
+    widgets.render_overlay(ax_empty, image, np.zeros((16, 16)), signed=False)
+    widgets.render_overlay(ax_full, image, np.eye(16), signed=False)
+    assert [t.get_text() for t in ax_empty.texts] == [widgets.EMPTY_MAP]
+    assert not ax_full.texts
+    plt.close(fig)
