@@ -38,12 +38,10 @@ LRP_NAMES = [f"lrp_{c}" for c in lrp.COMPOSITES]
 #: Notebook 04's methods and layers, and notebook 05's defaults (its parameters cell).
 CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "gradcam_2x", "gradcam_4x"]
 COMPARED_CAMS = ["gradcam", "gradcam_2x", "gradcam_4x"]
-GRADIENT_NAMES = ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients"]
+GRADIENT_NAMES = study.GRADIENT_METHODS
 BASELINES = ["prior", "random", "edge"]
 FAITHFULNESS_NAMES = ["gradcam", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "gradient_x_input", "prior", "edge"]
 SANITY_NAMES = ["gradcam", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "lrp_deep_taylor", "gradient_x_input"]
-LOCALISATION = ["hit", "iou", "mass_accuracy", "rank_accuracy", "pixel_auroc", "cf_deletion_auc", "cf_insertion_auc"]
-GRANULARITY = ["resolution_gap", "boundary_f1", "separation", "resolution_px", "gini"]
 
 
 class Timer:
@@ -204,9 +202,10 @@ def notebook_05(run: Run, timer: Timer, args) -> None:
     methods, reference = list(sets), study.reference_method(list(sets))
     with timer.step("05", "bootstrap summaries, paired comparisons, strata", 0):
         metrics.summarise(scores, n_boot=run.profile.n_boot, patients=patients)
+        challengers = study.granularity_challengers(methods)
         for pairs, names in (
-            ([(m, reference) for m in methods if m != reference], LOCALISATION),
-            ([(m, cam) for cam in COMPARED_CAMS for m in LRP_NAMES + GRADIENT_NAMES], GRANULARITY),
+            ([(m, reference) for m in methods if m != reference], study.LOCALISATION_METRICS),
+            ([(m, cam) for cam in COMPARED_CAMS for m in challengers], study.GRANULARITY_METRICS),
         ):
             metrics.outcome(metrics.compare(scores, pairs, names, run.profile.n_boot, patients=patients))
         study.stratified_summary(batch, sets["gradcam"], scores, run.profile.n_boot, patients)

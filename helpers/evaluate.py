@@ -134,12 +134,14 @@ def bootstrap_metric_matrix(
 
 def _weighted_auroc_ap(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``(n_weightings, 2)``: AUROC and AP of ``scores`` for the labels ``positive`` under each row of ``weights``."""
+    if not len(scores):  # every row of the class masked out
+        return np.full((len(weights), 2), np.nan)
     order = np.argsort(-scores, kind="stable")  # descending: the thresholds of the precision-recall curve
     ordered = scores[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # one group per distinct score
     is_positive = positive[order] > 0
-    pos = np.add.reduceat(weights[:, order] * is_positive, starts, axis=1) if len(starts) else weights[:, :0]
-    neg = np.add.reduceat(weights[:, order] * ~is_positive, starts, axis=1) if len(starts) else weights[:, :0]
+    pos = np.add.reduceat(weights[:, order] * is_positive, starts, axis=1)
+    neg = np.add.reduceat(weights[:, order] * ~is_positive, starts, axis=1)
     total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
     defined = (total_pos > 0) & (total_neg > 0)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import metrics
+from helpers import metrics, study
 from helpers.figures import method_label as label
 from helpers.io import atomic_path
 from helpers.run import Run
@@ -65,14 +65,16 @@ def pooled_with_differences(
 
 def results_markdown(run: Run) -> str:
     """The results block of ``run``: sample, localisation against the prior, granularity, sanity, faithfulness."""
-    summary, versus_prior = run.table("summary"), run.table("versus_prior")
+    summary = run.table("summary")
+    reference = "prior" if run.table_path("versus_prior").is_file() else "random"  # notebook 05's reference map
+    versus_reference = run.table(f"versus_{reference}")
     explained, granularity, sanity = run.table("explained"), run.table("granularity"), run.table("sanity")
     methods = list(dict.fromkeys(summary["method"]))
     sections = [
         _sample_text(explained),
-        "**Localisation, and each method's paired difference to the finding prior** (mean, 95% CI by patient, "
-        "Holm-corrected Wilcoxon p over every method x metric):",
-        _markdown(pooled_with_differences(summary, versus_prior, ["hit", "mass_accuracy", "iou"], methods)),
+        f"**Localisation, and each method's paired difference to the {REFERENCE_NAMES[reference]}** (mean, 95% CI "
+        "by patient, Holm-corrected Wilcoxon p over every method x metric):",
+        _markdown(pooled_with_differences(summary, versus_reference, ["hit", "mass_accuracy", "iou"], methods)),
         "**Granularity against the ground truth** (paired differences, method minus Grad-CAM at the named layer, "
         "Holm-corrected over the whole table: gap = resolution gap to the mask in px, lower is better; F1 = "
         "boundary F-score and sep. = separation of two findings, higher is better):",
@@ -88,20 +90,29 @@ def results_markdown(run: Run) -> str:
     return "\n\n".join(sections + _seed_sections(run))
 
 
+def _shown_granularity(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["metric"].isin(list(GRANULARITY_SHOWN))]
+
+
+#: The reference maps of notebook 05, as the results block names them.
+REFERENCE_NAMES = {"prior": "finding prior", "random": "random map"}
+
+
 def _seed_sections(run: Run) -> list[str]:
     """The seed tables of ``make seeds``, where they exist."""
     sections = []
-    if run.table_path("seeds_versus_prior").is_file():
-        sections += [
-            "**Across training seeds: each method against the prior** (over the methods every seed explained; "
-            "`holds` +1 / -1 only where every seed gives that outcome, better / worse, at Holm p < 0.05):",
-            _markdown(_seed_rows(run.table("seeds_versus_prior"))),
-        ]
+    for reference, name in REFERENCE_NAMES.items():
+        if run.table_path(f"seeds_versus_{reference}").is_file():
+            sections += [
+                f"**Across training seeds: each method against the {name}** (over the methods every seed explained; "
+                "`holds` +1 / -1 only where every seed gives that outcome, better / worse, at Holm p < 0.05):",
+                _markdown(_seed_rows(run.table(f"seeds_versus_{reference}"))),
+            ]
     if run.table_path("seeds_granularity").is_file():
         sections += [
-            "**Across training seeds: granularity against Grad-CAM at each layer** (gap lower is better, F1 and "
-            "sep. higher; `holds` as above):",
-            _markdown(_seed_rows(run.table("seeds_granularity"), with_reference=True)),
+            "**Across training seeds: granularity against Grad-CAM at each layer** (resolution gap lower is better, "
+            "boundary F1 and separation higher; `holds` as above):",
+            _markdown(_seed_rows(_shown_granularity(run.table("seeds_granularity")), with_reference=True)),
         ]
     if run.table_path("seeds_sanity").is_file():
         sanity = run.table("seeds_sanity")
@@ -223,16 +234,14 @@ def write_readme(profile: str, readme: Path) -> None:
         tmp.write_text(text)
 
 
-#: The metrics compared with the prior in every seed (notebook 05's localisation list).
-SEED_METRICS = ["hit", "iou", "mass_accuracy", "rank_accuracy", "pixel_auroc", "cf_deletion_auc", "cf_insertion_auc"]
-#: Grad-CAM at its three layers, against which every other common method's granularity is compared in every seed.
+#: Grad-CAM at its three layers, with which LRP and the gradient family are compared on granularity in every seed.
 SEED_CAMS = ["gradcam", "gradcam_2x", "gradcam_4x"]
 
 
 def write_seed_tables(profiles: Sequence[str], n_boot: int = 1000) -> None:
     """Seed-to-seed spread of the pooled summaries, whether each method's outcome against the prior and its
     granularity against Grad-CAM (at each layer) hold in every seed, and each seed's sanity verdicts, into the
-    first profile's metrics folder (``seeds_summary``, ``seeds_versus_prior``, ``seeds_granularity``,
+    first profile's metrics folder (``seeds_summary``, ``seeds_versus_<reference>``, ``seeds_granularity``,
     ``seeds_sanity``).
 
     The comparisons are recomputed from each seed's ``scores.csv`` over the methods every seed explained, so that
@@ -241,19 +250,22 @@ def write_seed_tables(profiles: Sequence[str], n_boot: int = 1000) -> None:
     runs = [Run(p, device="cpu") for p in profiles]
     scores = [run.table("scores") for run in runs]
     common = sorted(set.intersection(*(set(s["method"]) for s in scores)))
+    reference = study.reference_method(common)
     families = {
-        "seeds_versus_prior": ([(m, "prior") for m in common if m != "prior"], SEED_METRICS),
+        f"seeds_versus_{reference}": ([(m, reference) for m in common if m != reference], study.LOCALISATION_METRICS),
         "seeds_granularity": (
-            [(m, cam) for cam in SEED_CAMS if cam in common for m in common if m.startswith(("lrp_", "gradient"))],
-            list(GRANULARITY_SHOWN),
+            [(m, cam) for cam in SEED_CAMS if cam in common for m in study.granularity_challengers(common)],
+            study.GRANULARITY_METRICS,
         ),
     }
+    patients = [dict(zip(run.explained().image_ids, run.explained().patients)) for run in runs]
     for name, (pairs, metric_names) in families.items():
-        comparisons = {}
-        for k, (run, table) in enumerate(zip(runs, scores)):
-            batch = run.explained()
-            patients = dict(zip(batch.image_ids, batch.patients))
-            comparisons[k] = metrics.outcome(metrics.compare(table, pairs, metric_names, n_boot, patients=patients))
+        if not pairs:
+            continue
+        comparisons = {
+            k: metrics.outcome(metrics.compare(table, pairs, metric_names, n_boot, patients=patients[k]))
+            for k, table in enumerate(scores)
+        }
         runs[0].save_table(metrics.holds_across_seeds(comparisons), name)
     summaries = {k: r.table("summary").query("pathology == 'all'") for k, r in enumerate(runs)}
     runs[0].save_table(metrics.across_seeds(summaries, ["method", "metric"]), "seeds_summary")

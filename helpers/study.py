@@ -20,13 +20,38 @@ from helpers.heatmaps import HeatmapSet
 from helpers.run import ExplainedBatch, Run
 
 __all__ = [
+    "GRADIENT_METHODS",
+    "GRANULARITY_METRICS",
+    "LOCALISATION_METRICS",
     "available_baselines",
+    "granularity_challengers",
     "counterfactual_faithfulness",
     "reference_method",
     "sanity_checks",
     "score_methods",
     "stratified_summary",
 ]
+
+
+#: The metrics every method is compared on with the reference map (the prior), in notebook 05 and across seeds.
+LOCALISATION_METRICS = [
+    "hit",
+    "iou",
+    "mass_accuracy",
+    "rank_accuracy",
+    "pixel_auroc",
+    "cf_deletion_auc",
+    "cf_insertion_auc",
+]
+#: The metrics LRP and the gradient family are compared on with Grad-CAM at each layer (one Holm family).
+GRANULARITY_METRICS = ["resolution_gap", "boundary_f1", "separation", "resolution_px", "gini"]
+#: The gradient family of notebook 05 (zennit's attributors).
+GRADIENT_METHODS = ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients"]
+
+
+def granularity_challengers(methods: Sequence[str]) -> list[str]:
+    """The methods compared with Grad-CAM on granularity: every LRP composite and the gradient family."""
+    return [m for m in methods if m.startswith("lrp_") or m in GRADIENT_METHODS]
 
 
 def available_baselines(run: Run, names: Sequence[str]) -> list[str]:

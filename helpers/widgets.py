@@ -79,7 +79,8 @@ def render_overlay(
         shown = ax.imshow(scaled, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=alpha)
     if mask is not None and mask.any():
         ax.contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
-    if not np.ptp(np.nan_to_num(np.asarray(heatmap, dtype=np.float64))):
+    values = np.asarray(heatmap, dtype=np.float64)
+    if np.isfinite(values).all() and not np.ptp(values):
         # a constant map (e.g. an all-zero CAM) would otherwise look like a uniform veil on its colour scale
         ax.text(0.5, 0.5, EMPTY_MAP, transform=ax.transAxes, ha="center", va="center", fontsize=TEXT_PT, color="white")
     ax.set_title(title, fontsize=TITLE_PT)
@@ -193,8 +194,10 @@ def live_figure(render, controls: Mapping) -> object:
     def redraw(_change=None):
         fig = render(**{name: control.value for name, control in controls.items()})
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=SCREEN_DPI)
-        plt.close(fig)
+        try:
+            fig.savefig(buffer, format="png", dpi=SCREEN_DPI, bbox_inches="tight")  # as the inline backend crops
+        finally:
+            plt.close(fig)
         frame.value = buffer.getvalue()
 
     for control in controls.values():

@@ -55,11 +55,12 @@ def test_eigencam_once_per_image_equals_the_library_per_class(model, images):
         assert np.allclose(scaled, expected, atol=1e-3)
 
 
-def test_scorecam_is_opt_in(model, images):
+def test_scorecam_is_opt_in_and_weighs_each_class(model, images):
     with pytest.raises(ValueError, match="allow_slow=True"):
         cam.explain_cam(model, images[:1], method="scorecam")
-    result = cam.explain_cam(model, images[:1], ["Edema"], method="scorecam", allow_slow=True)
+    result = cam.explain_cam(model, images[:1], ["Edema", "Fracture"], method="scorecam", allow_slow=True)
     assert np.isfinite(result.maps).all()
+    assert not np.allclose(result.maps[0, 0], result.maps[0, 1])  # reads no gradient, yet not class-agnostic
 
 
 def test_constant_images_give_finite_maps(model):

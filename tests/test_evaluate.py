@@ -58,6 +58,15 @@ def test_bootstrap_matrix_equals_scikit_learn_on_every_resample():
     assert np.isnan(fast[:, :, 3]).all() and np.isfinite(fast).any(axis=(0, 1)).sum() == 13
 
 
+def test_a_class_with_every_row_masked_out_is_missing_not_an_error():
+    probs, targets = _scores(seed=3, n=40)
+    mask = np.ones_like(targets)
+    mask[:, 7] = 0
+    table = evaluate.evaluate(probs, targets, mask, n_boot=20)
+    row = table[(table["metric"] == "AUROC") & (table["pathology"] == labels.PATHOLOGIES[7])].iloc[0]
+    assert np.isnan(row["value"]) and np.isnan(row["ci_low"]) and row["note"] == "missing: no positives"
+
+
 def test_per_class_auroc_uses_only_unmasked_rows():
     probs, targets = _scores(seed=2)
     mask = np.ones_like(targets)

@@ -251,8 +251,13 @@ def test_pixel_auroc_equals_scikit_learn_with_ties():
         assert metrics.pixel_auroc(heatmap, mask) == pytest.approx(expected, abs=1e-12)
 
 
-def test_resolution_is_measured_once_per_map_and_the_same_again():
-    peak = _peak(32, 32, 3.0)
+def test_resolution_is_measured_once_per_map_and_the_same_again(monkeypatch):
+    from helpers.metrics import granularity
+
+    measured = []
+    compute = granularity._autocorrelation_width
+    monkeypatch.setattr(granularity, "_autocorrelation_width", lambda values: measured.append(1) or compute(values))
+    peak = _peak(32, 31, 3.5)
     first = metrics.resolution_px(peak)
-    assert metrics.resolution_px(peak.copy()) == first  # from the cache
-    assert metrics.resolution_px(_peak(32, 32, 6.0)) > first  # another map is measured, not looked up
+    assert metrics.resolution_px(peak.copy()) == first and len(measured) == 1  # an equal map: looked up
+    assert metrics.resolution_px(_peak(32, 31, 7.0)) > first and len(measured) == 2  # another map: measured

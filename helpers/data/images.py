@@ -80,7 +80,11 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 
 def resize_to_input(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 ``(n, h, w)`` pictures (e.g. phantom renders) to ``(n, size, size)`` as :func:`load_image` resizes a
-    decoded file; unchanged when already that size."""
+    decoded file; unchanged when already that size.
+
+    Equal to :func:`load_image` of the same pixels saved as a JPEG only while the picture is less than twice
+    ``size`` on a side: from there on PIL decodes JPEGs at a reduced scale first (``draft``).
+    """
     images = np.asarray(images, dtype=np.uint8)
     if images.shape[1:] == (size, size):
         return images

@@ -39,6 +39,9 @@ METHODS = {
 }
 #: Methods with the one-forward-pass path (for an average-pooling head they are the same map).
 FAST_METHODS = ("gradcam", "hirescam")
+#: Methods whose map ignores the target class (the first principal component of the activations). ScoreCAM also
+#: reads no gradient, but weighs channels by the class's score.
+CLASS_AGNOSTIC = ("eigencam",)
 #: Opt-in only: ScoreCAM runs a forward pass per activation channel (about a thousand per image).
 SLOW_METHODS = ("scorecam",)
 #: The layer every CAM reads unless told otherwise (see ``ExplicitHeadModel.cam_layers``).
@@ -158,14 +161,15 @@ def library_cam(
 
     The library's forward and backward run as usual; its ``get_cam_image`` gives the un-normalised map,
     which is ReLU'd and upsampled here (the library would min-max normalise it, which must happen at use).
-    The library keeps activations and gradients as CPU numpy; the map comes back to the input's device. A method
-    that reads no gradient (EigenCAM) gives every class the same map: it is computed once per image.
+    The library keeps activations and gradients as CPU numpy; the map comes back to the input's device. A
+    class-agnostic method (:data:`CLASS_AGNOSTIC`: EigenCAM) gives every class the same map: it is computed once
+    per image.
     """
     n, k = len(images), len(classes)
     cam = METHODS[method](model=model, target_layers=[layer])
-    per_row = k if cam.uses_gradients else 1
+    per_row = 1 if method in CLASS_AGNOSTIC else k
     rows = images.repeat_interleave(per_row, dim=0).requires_grad_(True)  # parameters are frozen: grads flow here
-    row_classes = classes if cam.uses_gradients else classes[:1]
+    row_classes = classes[:1] if method in CLASS_AGNOSTIC else classes
     targets = [ClassifierOutputTarget(c) for _ in range(n) for c in row_classes]  # one target per row, always
     try:
         with torch.enable_grad():
