@@ -47,6 +47,7 @@ results: $(STAMP) ## Write the README's results block from the default run's tab
 publish: ## Copy the default run's figures and tables into the committed figures/ (a person decides when)
 	@test -d runs/default/figures || { echo "No runs/default/figures: run 'make run' first."; exit 1; }
 	cp runs/default/figures/fig*_*.pdf runs/default/figures/fig*_*.png runs/default/figures/table*_* figures/
+	if ls runs/default/metrics/seeds_*.csv >/dev/null 2>&1; then cp runs/default/metrics/seeds_*.csv figures/; fi
 	@echo "figures/ updated from runs/default/figures; review with 'git diff --stat figures' before committing."
 
 test: $(STAMP) lint ## Lint, unit tests, then every notebook in the smoke profile

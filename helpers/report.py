@@ -90,6 +90,14 @@ def results_markdown(run: Run) -> str:
     return "\n\n".join(sections + _seed_sections(run))
 
 
+#: The localisation metrics the block shows (every metric is in ``seeds_versus_<reference>.csv``).
+HEADLINE = ["hit", "mass_accuracy", "iou"]
+
+
+def _headline(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["metric"].isin(HEADLINE)]
+
+
 def _shown_granularity(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["metric"].isin(list(GRANULARITY_SHOWN))]
 
@@ -105,8 +113,9 @@ def _seed_sections(run: Run) -> list[str]:
         if run.table_path(f"seeds_versus_{reference}").is_file():
             sections += [
                 f"**Across training seeds: each method against the {name}** (over the methods every seed explained; "
-                "`holds` +1 / -1 only where every seed gives that outcome, better / worse, at Holm p < 0.05):",
-                _markdown(_seed_rows(run.table(f"seeds_versus_{reference}"))),
+                "`holds` +1 / -1 only where every seed gives that outcome, better / worse, at Holm p < 0.05; every "
+                "metric in `figures/seeds_*.csv`):",
+                _markdown(_seed_rows(_headline(run.table(f"seeds_versus_{reference}")))),
             ]
     if run.table_path("seeds_granularity").is_file():
         sections += [
