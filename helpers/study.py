@@ -134,6 +134,9 @@ def sanity_checks(
     rows = []
     for name in methods:
         explainer = run.explainer(name)
+        # the trained maps once, for both randomisation modes
+        pathologies = list(dict.fromkeys(pathology for _, pathology in checked.pairs()))
+        trained = explainer.explain(model, checked.inputs, pathologies, image_ids=checked.image_ids)
         for mode in ("cascading", "independent"):
             rows.append(
                 metrics.model_randomisation(
@@ -144,6 +147,7 @@ def sanity_checks(
                     image_ids=checked.image_ids,
                     mode=mode,
                     n_jobs=n_jobs,
+                    trained=trained,
                 )
             )
         trained, permuted = (

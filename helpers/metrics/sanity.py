@@ -157,6 +157,7 @@ def model_randomisation(
     mode: str = "cascading",
     stages: Sequence[tuple[str, Sequence[str]]] | None = None,
     n_jobs: int = 1,
+    trained: HeatmapSet | None = None,
 ) -> pd.DataFrame:
     """Model parameter randomisation test (Adebayo et al. 2018): re-initialise layers and compare the maps.
 
@@ -185,6 +186,9 @@ def model_randomisation(
     n_jobs : int
         Processes computing the similarities (joblib; -1: every core). Every stage is explained first, on the
         model's device; the similarities (HOG and SSIM of every pair) are CPU work that a GPU would wait on.
+    trained : HeatmapSet, optional
+        The trained model's maps of ``inputs`` for the pathologies named in ``pairs`` (in their order), when the
+        caller already has them (both modes compare against the same maps); explained here otherwise.
 
     Returns
     -------
@@ -197,7 +201,8 @@ def model_randomisation(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     stages = _checked_stages(model, stages)
     pathologies = list(dict.fromkeys(pathology for _, pathology in pairs))
-    trained = explainer.explain(model, inputs, pathologies, image_ids=image_ids)
+    if trained is None:
+        trained = explainer.explain(model, inputs, pathologies, image_ids=image_ids)
     explained = [
         (stage, explainer.explain(randomised, inputs, pathologies, image_ids=image_ids))
         for stage, randomised in _randomised_models(model, stages, mode, seed)
