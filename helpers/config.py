@@ -61,6 +61,38 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class ShortcutSettings:
+    """Notebook 06's Clever-Hans experiment; nested in :class:`Profile` as ``profile.shortcut``.
+
+    Two models are trained with the profile's settings except ``max_epochs``, on the profile's phantom without
+    and with a spurious marker (:class:`helpers.phantom.Marker`: the other fields, passed on as they are).
+
+    Attributes
+    ----------
+    pathology : str
+        The finding the marker follows in ``train.csv``.
+    positive_rate, negative_rate : float
+        Share of that finding's positive and negative ``train.csv`` images with the marker.
+    test_rate : float
+        Share of test images (``valid.csv``) with the marker, independent of the label.
+    max_epochs : int
+        Epochs of both models (shorter than the main model's: the experiment measures reliance, and states it).
+    """
+
+    pathology: str = "Pneumothorax"
+    positive_rate: float = 0.9
+    negative_rate: float = 0.05
+    test_rate: float = 0.5
+    max_epochs: int = 4
+
+    def marker(self) -> dict:
+        """The :class:`helpers.phantom.Marker` fields."""
+        settings = asdict(self)
+        del settings["max_epochs"]
+        return settings
+
+
+@dataclass(frozen=True)
 class Profile:
     """Every setting a run depends on; notebooks read nothing else.
 
@@ -91,6 +123,10 @@ class Profile:
         Input normalisation per channel (the data pipeline applies it, the model expects it).
     train : TrainSettings
         How the classifier is fitted.
+    shortcut : ShortcutSettings
+        Notebook 06's shortcut experiment.
+    marker : bool
+        Phantom only: draw the shortcut's spurious marker (the shortcut model's data; see :meth:`Run.twin`).
     """
 
     name: str
@@ -108,6 +144,8 @@ class Profile:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     train: TrainSettings = TrainSettings()
+    shortcut: ShortcutSettings = ShortcutSettings()
+    marker: bool = False
     notes: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
@@ -125,6 +163,7 @@ PROFILES: dict[str, Profile] = {
         n_explain=4,
         n_boot=50,
         train=TrainSettings(max_epochs=1, batch_size=16, learning_rate=1e-3),
+        shortcut=ShortcutSettings(max_epochs=1),
         notes="Tiny everything: exercises every code path in minutes.",
     ),
     "default": Profile(
@@ -221,6 +260,8 @@ def resume_fields(profile: Profile) -> dict:
     if settings["seed"] is None:  # the profile's seed, below: checkpoints made before this field stay valid
         del settings["seed"]
     settings = {("train_seed" if key == "seed" else key): value for key, value in settings.items()}
+    if profile.marker:  # only then: checkpoints made before the field existed stay valid
+        settings["marker"] = profile.shortcut.marker()
     return {
         **settings,
         "image_size": profile.image_size,

@@ -343,3 +343,38 @@ def save_table(table: pd.DataFrame, folder: str | Path, slug: str, caption: str 
                 )
         written.append(target)
     return written
+
+
+def plot_method_intervals(
+    panels: Sequence[tuple[pd.DataFrame, str]], methods: Sequence[str], group: str | None = None
+) -> plt.Figure:
+    """One panel per ``(table, title)``: each method's ``mean`` with its 95% CI (``ci_low``, ``ci_high``), one row
+    per method; with ``group`` (a column, e.g. the model), one colour per value of it, side by side in a row."""
+    with paper_style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(TWO_COLUMN, 0.3 + 0.22 * len(methods)), squeeze=False)
+        for ax, (table, title) in zip(axes[0], panels):
+            levels = list(dict.fromkeys(table[group])) if group else [None]
+            palette = dict(zip(levels, sns.color_palette("colorblind", len(levels))))
+            for g, level in enumerate(levels):
+                own = table if level is None else table[table[group] == level]
+                own = own.set_index("method").reindex(methods)
+                y = np.arange(len(methods)) + (g - (len(levels) - 1) / 2) * 0.25
+                errors = np.vstack([own["mean"] - own["ci_low"], own["ci_high"] - own["mean"]])
+                ax.errorbar(
+                    own["mean"],
+                    y,
+                    xerr=np.nan_to_num(errors),
+                    fmt="o",
+                    markersize=2.5,
+                    elinewidth=0.8,
+                    capsize=1.2,
+                    color=palette[level],
+                    label=None if level is None else f"{group}: {level}",
+                )
+            ax.set_yticks(np.arange(len(methods)), [method_label(m) for m in methods] if ax is axes[0, 0] else [])
+            ax.invert_yaxis()
+            ax.set_title(title, fontsize=7)
+            if group:
+                ax.legend(frameon=False, fontsize=5, loc="best")
+        fig.tight_layout(pad=0.3)
+    return fig

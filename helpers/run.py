@@ -113,12 +113,24 @@ class Run:
     device : str or torch.device, optional
         Where the model runs; default the best available (:func:`helpers.train.select_device`, which
         ``$CHEXPLAIN_DEVICE`` overrides).
+    root : path-like, optional
+        The run folder (default ``runs/<profile>/``; :meth:`twin` puts its runs inside their parent's).
+    data_from : Run, optional
+        A run whose data folder and decoded-image cache this one shares (a twin on the same phantom).
     """
 
-    def __init__(self, profile: config.Profile | str | None = None, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        profile: config.Profile | str | None = None,
+        device: str | torch.device | None = None,
+        *,
+        root: Path | None = None,
+        data_from: Run | None = None,
+    ):
         self.profile = profile if isinstance(profile, config.Profile) else config.load_profile(profile)
         self.device = torch.device(device) if device is not None else train.select_device()
-        self.root = paths.run_dir(self.profile.name)
+        self.root = Path(root) if root is not None else paths.run_dir(self.profile.name)
+        self._data_from = data_from
         self._loaded: dict[str, object] = {}  # each stage loaded once per Run
 
     def __repr__(self) -> str:
@@ -135,6 +147,8 @@ class Run:
     @property
     def data_root(self) -> Path:
         """The CheXpert-format folder holding ``train.csv`` and ``valid.csv``."""
+        if self._data_from is not None:
+            return self._data_from.data_root
         if self.profile.data_source == "phantom":
             return self.root / PHANTOM_FOLDER
         value = os.environ.get(config.CHEXPERT_ROOT_ENV)
@@ -146,6 +160,11 @@ class Run:
                 f"(`{config.PROFILE_ENV}=default`)."
             )
         return Path(value).expanduser().resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """The decoded images and the split (notebook 01), shared with ``data_from``'s run where given."""
+        return self._data_from.cache_dir if self._data_from is not None else self.folder("cache")
 
     @property
     def figures_dir(self) -> Path:
@@ -186,10 +205,11 @@ class Run:
                 n_valid=profile.n_valid,
                 min_prevalence=profile.min_prevalence,
                 progress=progress,
+                marker=phantom.Marker(**profile.shortcut.marker()) if profile.marker else None,
             )
         prepared = data.prepare(
             self.data_root,
-            self.folder("cache"),
+            self.cache_dir,
             profile.image_size,
             val_fraction=profile.val_fraction,
             frontal=profile.frontal_only,
@@ -201,7 +221,7 @@ class Run:
 
     def data(self) -> data.PreparedData:
         """The splits notebook 01 prepared (decoded images memory-mapped)."""
-        return self._once("data", lambda: data.load_prepared(self.folder("cache"), self.profile.image_size))
+        return self._once("data", lambda: data.load_prepared(self.cache_dir, self.profile.image_size))
 
     def train(self, progress: bool = True) -> tuple[nn.Module, dict, pd.DataFrame]:
         """Notebook 02: train (resuming an interrupted run) or load the finished one; the model is on :attr:`device`."""
@@ -231,12 +251,15 @@ class Run:
         return self._once("explained", self._explained_batch)
 
     def _explained_batch(self) -> ExplainedBatch:
-        prepared, (_, meta) = self.data(), self.model()
-        test = prepared.split("test")
-        rows = prepared.sample_rows(
+        rows = self.data().sample_rows(
             "test", self.profile.n_explain, seed=self.profile.seed, min_positives=self.profile.min_positives
         )
-        chosen = test.iloc[rows]
+        return self.test_batch(rows)
+
+    def test_batch(self, rows: Sequence[int]) -> ExplainedBatch:
+        """Rows of the test split as an :class:`ExplainedBatch` (inputs normalised for this run's model)."""
+        prepared, (_, meta) = self.data(), self.model()
+        chosen = prepared.split("test").iloc[list(rows)]
         return ExplainedBatch(
             rows,
             chosen["image_id"].tolist(),
@@ -254,9 +277,17 @@ class Run:
 
         return (self.data_root / phantom.MANIFEST).is_file()
 
-    def counterfactuals(self, pairs: Sequence[tuple[int, str]]) -> torch.Tensor:
-        """Network inputs ``(len(pairs), 3, H, W)``: each pair's explained image rendered again without that
-        pair's finding (phantom data only, see :meth:`has_counterfactuals`).
+    def counterfactuals(self, pairs: Sequence[tuple[int, str]], batch: ExplainedBatch | None = None) -> torch.Tensor:
+        """Network inputs ``(len(pairs), 3, H, W)``: each pair's image rendered again without that pair's finding
+        (phantom data only, see :meth:`has_counterfactuals`); :meth:`counterfactual_renders` also says where."""
+        return self.counterfactual_renders(pairs, batch)[0]
+
+    def counterfactual_renders(
+        self, pairs: Sequence[tuple[int, str]], batch: ExplainedBatch | None = None
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Each pair's image of ``batch`` (default :meth:`explained`) rendered again without that pair's finding, or
+        without the marker for the name ``"marker"``: network inputs ``(len(pairs), 3, H, W)`` and bool
+        ``(len(pairs), H, W)``, where the removal changed the radiograph (its footprint, in the input's frame).
 
         Raises
         ------
@@ -270,7 +301,7 @@ class Run:
             )
         from helpers import phantom
 
-        batch, meta = self.explained(), self.model()[1]
+        batch, meta = batch or self.explained(), self.model()[1]
         rendered = phantom.render_without(self.data_root, [batch.image_ids[i] for i, _ in pairs], [p for _, p in pairs])
         size = self.profile.image_size
         factual, counterfactual = (data.resize_to_input(x, size) for x in (rendered.factual, rendered.counterfactual))
@@ -279,7 +310,49 @@ class Run:
                 f"The phantom at {self.data_root} renders other pixels than the cached images (another image size or "
                 f"version): rerun notebook 01 with profile {self.profile.name!r}."
             )
-        return data.to_model_input(torch.from_numpy(counterfactual), meta["mean"], meta["std"])
+        changed = np.stack([data.map_mask(region, size) for region in rendered.changed]) if len(pairs) else factual > 0
+        inputs = data.to_model_input(torch.from_numpy(counterfactual), meta["mean"], meta["std"])
+        return inputs, changed
+
+    def twin(self, shortcut: bool) -> Run:
+        """Notebook 06's clean or shortcut model: this profile trained for ``profile.shortcut.max_epochs`` epochs on
+        its phantom without, or with, the spurious marker (:class:`helpers.config.ShortcutSettings`).
+
+        Both live in ``known_truth/clean`` and ``known_truth/shortcut`` of this run's folder. The clean twin shares
+        this run's phantom and image cache when this run is a phantom run (the same images); otherwise, and for the
+        shortcut twin, notebook 06 generates a phantom at this profile's settings.
+        """
+        settings = self.profile.shortcut
+        kind = "shortcut" if shortcut else "clean"
+        profile = dataclasses.replace(
+            self.profile,
+            name=f"{self.profile.name}-{kind}",
+            data_source="phantom",
+            marker=shortcut,
+            train=dataclasses.replace(self.profile.train, max_epochs=settings.max_epochs, patience=settings.max_epochs),
+        )
+        shared = not shortcut and self.profile.data_source == "phantom" and not self.profile.marker
+        return Run(profile, self.device, root=self.root / "known_truth" / kind, data_from=self if shared else None)
+
+    def marker_rows(self, n: int, seed: int = 0) -> list[int]:
+        """Up to ``n`` test rows whose image carries the marker: half (or all there are) positive for the marker's
+        pathology, the rest negative, each group sampled with ``seed``; in test-split order."""
+        from helpers import phantom
+
+        test = self.data().split("test")
+        marked = phantom.replay(self.data_root).marker_present(test["image_id"].tolist())
+        positive = test[self.profile.shortcut.pathology].to_numpy() == 1
+        rng = np.random.default_rng(seed)
+        chosen_positive = rng.permutation(np.flatnonzero(marked & positive))[: n // 2]
+        negative = rng.permutation(np.flatnonzero(marked & ~positive))[: n - len(chosen_positive)]
+        return sorted(int(row) for row in np.concatenate([chosen_positive, negative]))
+
+    def marker_masks(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Bool ``(n, H, W)`` in the network input's frame: the marker's pixels in each image (empty where none)."""
+        from helpers import phantom
+
+        written = phantom.replay(self.data_root).marker_masks(list(image_ids))
+        return np.stack([data.map_mask(mask, self.profile.image_size) for mask in written])
 
     def explainer(self, name: str, **overrides) -> explainers.Explainer:
         """The registered explainer ``name`` set up for this run's model: its input normalisation and, on a GPU,

@@ -352,3 +352,67 @@ def comparison_viewer(
 
     frame = live_figure(draw, {"pathology": pathology, "image": image, "left": left, "right": right})
     return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([left, right]), frame])
+
+
+#: Colour of the spurious marker's contour (the ground truth's is cyan).
+MARKER_COLOUR = "#ff4fd8"
+
+
+def render_twins(
+    images: np.ndarray,
+    maps: Mapping[str, Mapping[str, HeatmapSet]],
+    method: str,
+    image: int,
+    pathology: str,
+    *,
+    marker_masks: np.ndarray,
+    masks: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+) -> plt.Figure:
+    """The radiograph, then one method's map of it under each model (``maps[model][method]``, e.g. the clean and
+    the shortcut model), with the marker's contour (magenta) and the finding's (cyan) on every panel."""
+    k = labels.PATHOLOGIES.index(pathology)
+    mask = None if masks is None else masks[image, k]
+    marker = marker_masks[image]
+    with paper_style():
+        fig, axes = plt.subplots(1, 1 + len(maps), figsize=(TWO_COLUMN, 3.0))
+        axes[0].imshow(images[image], cmap="gray")
+        label = "" if codes is None else f"\nlabel: {label_text(codes[image, k])}"
+        axes[0].set_title(f"{maps[next(iter(maps))][method].image_ids[image]}{label}", fontsize=TITLE_PT)
+        axes[0].axis("off")
+        for ax, (model, sets) in zip(axes[1:], maps.items()):
+            heatmaps = sets[method]
+            j = heatmaps.pathologies.index(pathology)
+            title = f"{short_name(method)}, {model} model\n{pathology}: p = {heatmaps.probs[image, j]:.3f}"
+            render_overlay(ax, images[image], heatmaps.maps[image, j], signed=heatmaps.signed, mask=mask, title=title)
+        for ax in axes:
+            if mask is not None and mask.any() and ax is axes[0]:
+                ax.contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
+            if marker.any():
+                ax.contour(marker, levels=[0.5], colors=MARKER_COLOUR, linewidths=1.0)
+        fig.subplots_adjust(**COMPARISON_MARGINS)
+    return fig
+
+
+def twin_viewer(
+    images: np.ndarray,
+    maps: Mapping[str, Mapping[str, HeatmapSet]],
+    *,
+    marker_masks: np.ndarray,
+    masks: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+    start: tuple[int, str] | None = None,
+):
+    """Pathology and image sliders and a method picker around :func:`render_twins`; ``start`` as for
+    :func:`heatmap_viewer`."""
+    import ipywidgets as widgets
+
+    first_model = next(iter(maps.values()))
+    pathology, image = _example_sliders(next(iter(first_model.values())), start)
+    method = widgets.Dropdown(options=list(first_model), description="method")
+
+    def draw(pathology, image, method):
+        return render_twins(images, maps, method, image, pathology, marker_masks=marker_masks, masks=masks, codes=codes)
+
+    frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method})
+    return widgets.VBox([widgets.HBox([pathology, image]), method, frame])

@@ -24,6 +24,9 @@ One job per module, every public name re-exported here:
   (Adebayo et al. 2018) with signed and sign-blind similarities; :func:`sanity_outcome`.
 - :mod:`~helpers.metrics.statistics`: :func:`summarise`, :func:`paired_differences` and :func:`compare`:
   bootstrap 95% CIs clustered by patient, Wilcoxon signed-rank p-values, Holm correction; :func:`across_seeds`.
+- :mod:`~helpers.metrics.known_truth`: scores against what the model is known to use (notebook 06): logit changes
+  when a finding or a marker is rendered out, map mass in a region, rank correlation with the logit change, map
+  shift, and the AUROC of telling a shortcut model's maps from a clean model's.
 - :mod:`~helpers.metrics.tables`: results tables and structured outcomes (:func:`outcome`); no prose.
 """
 
@@ -38,6 +41,15 @@ from helpers.metrics.granularity import (
     resolution_gap,
     resolution_px,
     separation,
+)
+from helpers.metrics.known_truth import (
+    auroc_with_ci,
+    detection_auroc,
+    logit_changes,
+    logits,
+    map_shift,
+    region_scores,
+    use_correlation,
 )
 from helpers.metrics.localisation import (
     TIES,
@@ -80,6 +92,13 @@ from helpers.metrics.statistics import (
 from helpers.metrics.tables import BETTER, against_reference, outcome, results_table
 
 __all__ = [
+    "auroc_with_ci",
+    "detection_auroc",
+    "logit_changes",
+    "logits",
+    "map_shift",
+    "region_scores",
+    "use_correlation",
     "separation_rows",
     "chexlocalize_uint8",
     "chexlocalize_segmentation",

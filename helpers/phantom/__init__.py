@@ -9,6 +9,7 @@ One job per module, in the order a dataset is made:
 - :mod:`~helpers.phantom.findings`: one :class:`Finding` class per localisable finding, its parameters
   and its drawing; :data:`FINDINGS_BY_NAME`.
 - :mod:`~helpers.phantom.render`: a scene and strengths to images and masks (findings, exposure, blur).
+- :mod:`~helpers.phantom.marker`: an optional spurious burned-in marker that follows one pathology's label.
 - :mod:`~helpers.phantom.writer`: :func:`generate`, the CheXpert-format folder.
 
 Written by hand because no library draws chest phantoms with per-finding masks. Rendering the same scene
@@ -17,6 +18,7 @@ with one finding's strength set to 0 gives the image without that finding and no
 
 from helpers.phantom.anatomy import Geometry
 from helpers.phantom.counterfactual import (
+    MARKER,
     Counterfactual,
     PhantomReplay,
     ReplayedImage,
@@ -35,6 +37,7 @@ from helpers.phantom.labels import (
     patients,
     sample_labels,
 )
+from helpers.phantom.marker import Marker
 from helpers.phantom.render import DETECTOR_PSF, MASK_THRESHOLD, render
 from helpers.phantom.scene import PATIENT_KEYS, sample_scene, study_scenes
 from helpers.phantom.writer import BATCH, MANIFEST, generate, patient_batches
@@ -48,6 +51,8 @@ __all__ = [
     "Finding",
     "Geometry",
     "MANIFEST",
+    "MARKER",
+    "Marker",
     "MASK_THRESHOLD",
     "PATHOLOGIC",
     "PATIENT_KEYS",

@@ -31,6 +31,7 @@ from helpers.phantom.writer import (
     VERSION,
     SplitPlan,
     _image_id,
+    marker_rows,
     patient_batches,
     render_rows,
     sample_splits,
@@ -39,6 +40,8 @@ from helpers.phantom.writer import (
 
 #: ``remove`` value meaning every finding.
 ALL = "all"
+#: ``remove`` value meaning the burned-in marker (phantoms written with one, :mod:`helpers.phantom.marker`).
+MARKER = "marker"
 
 
 class ReplayError(ValueError):
@@ -126,15 +129,47 @@ class PhantomReplay(Mapping):
     def __len__(self) -> int:
         return len(self._index)
 
-    def render_batch(self, split: str, batch: tuple[int, int], strength: np.ndarray | None = None):
+    @property
+    def has_marker(self) -> bool:
+        """Whether the phantom was written with a spurious marker (:mod:`helpers.phantom.marker`)."""
+        return "marker" in self.manifest
+
+    def marker_present(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Bool ``(n,)``: which images carry the marker (all False for a phantom without one)."""
+        if not self.has_marker:
+            return np.zeros(len(image_ids), bool)
+        return np.array([self.plans[split].scene["marker"][row] > 0 for split, row, _ in map(self.locate, image_ids)])
+
+    def marker_masks(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Bool ``(n, height, width)``: the marker's pixels in each image as written (empty where it has none)."""
+        masks = np.zeros((len(image_ids), *self.shape), bool)
+        for i, image_id in enumerate(image_ids):
+            split, row, _ = self.locate(image_id)
+            masks[i] = marker_rows(self.plans[split].scene, np.array([row]), self.shape)[0]
+        return masks
+
+    def render_batch(
+        self,
+        split: str,
+        batch: tuple[int, int],
+        strength: np.ndarray | None = None,
+        without_marker: np.ndarray | None = None,
+    ):
         """Float images ``(n, height, width)`` and masks ``(n, 13, height, width)`` of one batch, as written.
 
-        ``strength`` ``(stop - start, 13)`` replaces the batch's drawing strengths (default: as written).
+        ``strength`` ``(stop - start, 13)`` replaces the batch's drawing strengths (default: as written);
+        ``without_marker`` (bool, one per row) leaves the marker out of those rows.
         """
         plan = self.plans[split]
         start, stop = batch
         full = plan.strength if strength is None else _with_rows(plan.strength, start, strength)
-        return render_rows(plan.scene, full, start, stop, self.shape)
+        scene = plan.scene
+        if without_marker is not None and without_marker.any():
+            scene = {
+                **scene,
+                "marker": _with_rows(scene["marker"], start, scene["marker"][start:stop] * ~without_marker),
+            }
+        return render_rows(scene, full, start, stop, self.shape)
 
 
 def _with_rows(strength: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
@@ -250,9 +285,9 @@ def render_without(
         CheXlocalize ids (``patientNNNNN_studyK_view1_frontal``), in any order; an id may repeat (e.g. with
         another finding removed each time).
     remove : str or sequence
-        One finding name (:data:`helpers.phantom.FINDINGS`) or ``"all"`` for every image; or one entry per
-        image: a name, ``"all"``, or a list of names. Removing a finding an image does not have changes
-        nothing.
+        One finding name (:data:`helpers.phantom.FINDINGS`), ``"all"`` (every finding) or ``"marker"`` (the
+        burned-in marker of a phantom written with one) for every image; or one entry per image: a name,
+        ``"all"``, ``"marker"``, or a list of names. Removing what an image does not have changes nothing.
     jpeg : bool
         Pass both images through the writer's JPEG encoding (default), so ``factual`` is the written file's
         pixels and the pair differs as two written files would. ``False`` returns the 8-bit renders before
@@ -278,6 +313,8 @@ def render_without(
     if unknown:
         raise ValueError(f"Not images of the phantom {replayed.root}: {unknown[:5]} ({len(unknown)} in all).")
     removed = _removed_columns(remove, len(image_ids))
+    if removed[:, -1].any() and not replayed.has_marker:
+        raise ValueError(f"Cannot remove the marker: the phantom {replayed.root} was written without one.")
     out = Counterfactual(*(np.zeros((len(image_ids), *replayed.shape), dtype) for dtype in (np.uint8, np.uint8, bool)))
     quality = replayed.quality if jpeg else None
     for (split, batch), rounds in _batch_rounds(replayed, image_ids).items():
@@ -286,21 +323,24 @@ def render_without(
 
 
 def _removed_columns(remove, n: int) -> np.ndarray:
-    """Bool ``(n, 13)``: which findings to remove from each image."""
+    """Bool ``(n, 14)``: which findings (columns 0-12) and whether the marker (column 13) to remove from each image."""
     per_image = [remove] * n if isinstance(remove, str) else list(remove)
     if len(per_image) != n:
         raise ValueError(f"remove has {len(per_image)} entries for {n} images; give one per image, or one name.")
-    columns = np.zeros((n, len(FINDINGS)), bool)
+    columns = np.zeros((n, len(FINDINGS) + 1), bool)
     for i, names in enumerate(per_image):
-        names = [names] if isinstance(names, str) else list(names)
-        columns[i] = True if ALL in names else np.isin(FINDINGS, _checked(names))
+        names = _checked([names] if isinstance(names, str) else list(names))
+        columns[i, :-1] = True if ALL in names else np.isin(FINDINGS, names)
+        columns[i, -1] = MARKER in names
     return columns
 
 
 def _checked(names: list[str]) -> list[str]:
-    bad = [name for name in names if name not in FINDINGS]
+    bad = [name for name in names if name not in (*FINDINGS, ALL, MARKER)]
     if bad:
-        raise ValueError(f"Cannot remove {bad}: the phantom's findings are {list(FINDINGS)} (or {ALL!r}).")
+        raise ValueError(
+            f"Cannot remove {bad}: the phantom's findings are {list(FINDINGS)} (or {ALL!r}, or {MARKER!r})."
+        )
     return names
 
 
@@ -325,15 +365,24 @@ def _render_batch_pairs(replayed: PhantomReplay, split: str, batch, rounds, remo
     strength = replayed.plans[split].strength[batch[0] : batch[1]]
     factual = to_uint8(replayed.render_batch(split, batch)[0])
     for requests in rounds:
-        without = strength.copy()
+        without, no_marker = strength.copy(), np.zeros(len(strength), bool)
         for position, row in requests:
-            without[row, removed[position]] = 0.0
-        same = np.array_equal(without, strength)  # nothing present was removed: no second render
-        counterfactual = factual if same else to_uint8(replayed.render_batch(split, batch, without)[0])
+            without[row, removed[position, :-1]] = 0.0
+            no_marker[row] = removed[position, -1]
+        drawn = _marker_rows(replayed, split, batch)
+        same = np.array_equal(without, strength) and not (no_marker & drawn).any()  # nothing present was removed
+        counterfactual = factual if same else to_uint8(replayed.render_batch(split, batch, without, no_marker)[0])
         for position, row in requests:
             out.factual[position] = _jpeg_round_trip(factual[row], quality)
             out.counterfactual[position] = _jpeg_round_trip(counterfactual[row], quality)
             out.changed[position] = factual[row] != counterfactual[row]
+
+
+def _marker_rows(replayed: PhantomReplay, split: str, batch: tuple[int, int]) -> np.ndarray:
+    """Bool, one per row of the batch: where the marker is drawn."""
+    if not replayed.has_marker:
+        return np.zeros(batch[1] - batch[0], bool)
+    return replayed.plans[split].scene["marker"][batch[0] : batch[1]] > 0
 
 
 def _jpeg_round_trip(image: np.ndarray, quality: int | None) -> np.ndarray:

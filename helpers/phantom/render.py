@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from helpers.phantom.anatomy import Geometry, normal_chest
 from helpers.phantom.findings import REGISTRY
+from helpers.phantom.marker import burn_in
 from helpers.phantom.shapes import per_image
 
 #: A pixel belongs to a finding's mask where the finding changes attenuation by more than this share
@@ -53,7 +54,8 @@ def render(scene: dict[str, np.ndarray], strength: np.ndarray, size: int) -> tup
     noise = rng.random(attenuation.shape, dtype=np.float32)
     noise -= 0.5
     noise *= np.float32(np.sqrt(12.0))
-    return expose(attenuation, scene, noise), masks
+    # a burned-in marker (scenes of phantoms written with one) is drawn over the exposure, as text is
+    return burn_in(expose(attenuation, scene, noise), scene), masks
 
 
 def support(change: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from pycocotools import mask as coco_mask
 
 from helpers.labels import PATHOLOGIES
 from helpers.phantom.labels import FINDINGS, chexpert_stats, drawing_strength, patients, sample_labels
+from helpers.phantom.marker import STREAM, Marker, marker_masks, sample_marker
 from helpers.phantom.render import render
 from helpers.phantom.scene import study_scenes
 
@@ -40,6 +41,7 @@ def generate(
     jpeg_quality: int = 95,
     progress: bool = False,
     height: int | None = None,
+    marker: Marker | None = None,
 ) -> Path:
     """Write a phantom dataset in the CheXpert-v1.0-small layout and return its folder.
 
@@ -71,6 +73,10 @@ def generate(
         pixel its finding contributes to (resized coverage > 0), so masks stay aligned with the image and
         thin findings keep their masks. The masks' RLE ``size`` is ``[height, image_size]``. Default (or
         ``height == image_size``): square, with the same files as before the option existed.
+    marker : Marker, optional
+        Draw a spurious burned-in marker that follows one pathology's label in ``train.csv`` and not in
+        ``valid.csv`` (:mod:`helpers.phantom.marker`). The images are otherwise those of the same phantom without
+        it. Default: none, the same files as before the option existed.
 
     Notes
     -----
@@ -96,6 +102,8 @@ def generate(
     }
     if height != image_size:  # only then: square phantoms keep their manifest, hence stay reused
         manifest["height"] = height
+    if marker is not None:  # likewise: phantoms without a marker keep their manifest
+        manifest["marker"] = marker.to_dict()
     if _existing_manifest(root) == manifest:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +161,11 @@ def sample_splits(manifest: dict) -> dict[str, SplitPlan]:
     train = _sample_split("train", manifest["n_images"], 1, rng, manifest["min_prevalence"])
     first_valid_patient = int(train.frame["Path"].str.extract(r"patient(\d+)", expand=False).astype(int).max()) + 1
     valid = _sample_split("valid", manifest["n_valid"], first_valid_patient, rng, manifest["min_prevalence"])
+    if "marker" in manifest:  # its own stream, drawn last: every other draw stays that of the phantom without it
+        marker, marker_rng = Marker(**manifest["marker"]), np.random.default_rng((manifest["seed"], STREAM))
+        for split, plan in (("train", train), ("valid", valid)):
+            codes = plan.frame[list(PATHOLOGIES)].to_numpy(float)
+            plan.scene.update(sample_marker(codes, split == "train", marker, marker_rng))
     return {"train": train, "valid": valid}
 
 
@@ -224,6 +237,13 @@ def render_rows(
     return images, drawn
 
 
+def marker_rows(scene: dict[str, np.ndarray], rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bool ``(len(rows), height, width)``: the burned-in marker's pixels of the given rows as written (empty where
+    an image has none, or the phantom no marker), rendered square and resized like :func:`render_rows`' masks."""
+    masks = marker_masks({key: values[rows] for key, values in scene.items()}, max(shape))
+    return masks if masks.shape[1:] == shape else _resize_masks(masks[:, None], shape)[:, 0]
+
+
 def patient_batches(patient: np.ndarray) -> list[tuple[int, int]]:
     """``(start, stop)`` row ranges of about :data:`BATCH` rows that never split a patient's studies."""
     bounds, start = [], 0
@@ -244,11 +264,15 @@ def _resize_rendered(images: np.ndarray, masks: np.ndarray, shape: tuple[int, in
     finding's pixels contribute to in the resized image, so a thin line keeps a mask after shrinking.
     Empty masks stay empty without being resized (most are).
     """
-    resized = np.stack([_resize_float(image, shape) for image in images])
-    resized_masks = np.zeros((*masks.shape[:2], *shape), dtype=bool)
+    return np.stack([_resize_float(image, shape) for image in images]), _resize_masks(masks, shape)
+
+
+def _resize_masks(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Masks ``(n, k, s, s)`` resized to ``shape``, keeping each pixel with coverage > 0 (:func:`_resize_rendered`)."""
+    resized = np.zeros((*masks.shape[:2], *shape), dtype=bool)
     for image, finding in zip(*np.nonzero(masks.any(axis=(2, 3)))):
-        resized_masks[image, finding] = _resize_float(masks[image, finding].astype(np.float32), shape) > 0
-    return resized, resized_masks
+        resized[image, finding] = _resize_float(masks[image, finding].astype(np.float32), shape) > 0
+    return resized
 
 
 def _resize_float(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
