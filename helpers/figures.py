@@ -349,11 +349,11 @@ def plot_method_intervals(
     panels: Sequence[tuple[pd.DataFrame, str]], methods: Sequence[str], group: str | None = None
 ) -> plt.Figure:
     """One panel per ``(table, title)``: each method's ``mean`` with its 95% CI (``ci_low``, ``ci_high``), one row
-    per method; with ``group`` (a column, e.g. the model), one colour per value of it, side by side in a row."""
+    per method; in a table with the column ``group`` (e.g. the model), one colour per value of it, side by side."""
     with paper_style():
         fig, axes = plt.subplots(1, len(panels), figsize=(TWO_COLUMN, 0.3 + 0.22 * len(methods)), squeeze=False)
         for ax, (table, title) in zip(axes[0], panels):
-            levels = list(dict.fromkeys(table[group])) if group else [None]
+            levels = list(dict.fromkeys(table[group])) if group in table else [None]
             palette = dict(zip(levels, sns.color_palette("colorblind", len(levels))))
             for g, level in enumerate(levels):
                 own = table if level is None else table[table[group] == level]
@@ -369,12 +369,12 @@ def plot_method_intervals(
                     elinewidth=0.8,
                     capsize=1.2,
                     color=palette[level],
-                    label=None if level is None else f"{group}: {level}",
+                    label=None if level is None else str(level),
                 )
             ax.set_yticks(np.arange(len(methods)), [method_label(m) for m in methods] if ax is axes[0, 0] else [])
             ax.invert_yaxis()
             ax.set_title(title, fontsize=7)
-            if group:
+            if group in table:
                 ax.legend(frameon=False, fontsize=5, loc="best")
         fig.tight_layout(pad=0.3)
     return fig

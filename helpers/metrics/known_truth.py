@@ -33,8 +33,15 @@ from helpers.metrics.localisation import hit, mass_accuracy, rank_accuracy
 from helpers.metrics.sanity import spearman_abs
 from helpers.tensors import to_numpy
 
+
+def excess_mass(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the positive relevance inside the mask minus the mask's share of the image: 0 for a flat map or one
+    blind to the region, so that a large region does not score by its size alone."""
+    return mass_accuracy(heatmap, mask) - float(np.mean(mask))
+
+
 #: Scores of a map against a region, by the suffix of their metric name (``<region>_<suffix>``).
-REGION_SCORES = {"mass": mass_accuracy, "max": hit, "rank": rank_accuracy}
+REGION_SCORES = {"mass": mass_accuracy, "excess": excess_mass, "max": hit, "rank": rank_accuracy}
 
 
 def logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
@@ -97,9 +104,10 @@ def region_scores(
     regions : bool ``(len(targets), H, W)``
     region : str
         Name of the region, the metrics' prefix: ``<region>_mass`` (share of the positive relevance inside,
-        Arras et al. 2022), ``<region>_max`` (the maximum inside; tied maxima count with their share inside) and
-        ``<region>_rank`` (share of the ``|region|`` top-ranked pixels inside: the kind of measure Sun et al.
-        2023 call confounder sensitivity). Empty regions and maps with inf or NaN score NaN.
+        Arras et al. 2022), ``<region>_excess`` (that share minus the region's share of the image: a random or flat
+        map scores 0 whatever the region's size), ``<region>_max`` (the maximum inside; tied maxima count with
+        their share inside) and ``<region>_rank`` (share of the ``|region|`` top-ranked pixels inside: the kind of
+        measure Sun et al. 2023 call confounder sensitivity). Empty regions and maps with inf or NaN score NaN.
 
     Returns
     -------
@@ -119,7 +127,7 @@ def region_scores(
 def use_correlation(
     scores: pd.DataFrame,
     truth: pd.DataFrame,
-    metric: str = "footprint_mass",
+    metric: str = "footprint_excess",
     n_boot: int = 1000,
     patients: Mapping[str, str] | None = None,
     seed: int = 0,
@@ -129,7 +137,9 @@ def use_correlation(
     Parameters
     ----------
     scores : DataFrame
-        Tidy ``image, pathology, method, metric, value`` (e.g. :func:`region_scores` of the footprints).
+        Tidy ``image, pathology, method, metric, value`` (e.g. :func:`region_scores` of the footprints). A size-free
+        score (``footprint_excess``) is the default: the logit change grows with the finding's size, and so does
+        any map's plain mass in it, a random map's included (measured on the default run: rho 0.43 for random).
     truth : DataFrame
         ``image, pathology, delta`` per pair (the pair's own logit change, from :func:`logit_changes`).
     metric : str
