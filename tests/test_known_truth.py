@@ -104,17 +104,20 @@ def test_marker_settings_are_checked():
 
 
 class RegionModel(nn.Module):
-    """A hand-built classifier whose logit for one pathology is the sum of the input inside a region (every
-    other logit 0): it provably uses that region and nothing else."""
+    """A hand-built classifier whose logit for one pathology sums the input inside a region (every other logit 0):
+    it provably uses that region and nothing else. With ``threshold``, it sums only the part of each input value
+    above it (a ReLU), so it reads only what is brighter than that there."""
 
-    def __init__(self, region: np.ndarray, pathology: str = TARGET):
+    def __init__(self, region: np.ndarray, pathology: str = TARGET, threshold: float | None = None):
         super().__init__()
         weight = torch.zeros(len(labels.PATHOLOGIES), 3, *region.shape)
         weight[labels.PATHOLOGIES.index(pathology), :, torch.from_numpy(region)] = 1.0
         self.weight = nn.Parameter(weight, requires_grad=False)
+        self.threshold = threshold
 
     def forward(self, x):
-        return torch.einsum("nchw,kchw->nk", x, self.weight)
+        read = x if self.threshold is None else torch.relu(x - self.threshold)
+        return torch.einsum("nchw,kchw->nk", read, self.weight)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +129,12 @@ def marked_inputs(replayed):
 
 
 def _marker_model(masks):
-    return RegionModel(masks.any(axis=0)).eval()
+    """Reads what is near white (the burned-in grey level 0.97, normalised about 2.1) where the marker may sit."""
+    size = masks.shape[-1]
+    corner = np.zeros_like(masks[0])
+    corner[: int(0.2 * size), : int(0.4 * size)] = True  # every placement of the token (helpers.phantom.marker)
+    assert (masks <= corner).all()
+    return RegionModel(corner, threshold=1.5).eval()
 
 
 def _elsewhere_model(masks):
@@ -199,9 +207,10 @@ def test_use_correlation_ranks_a_faithful_score_first():
 
     table = pd.concat([scores("faithful", delta * 2 + 1), scores("blind", rng.permutation(delta))])
     patients = {f"i{k}": f"p{k // 2}" for k in range(40)}
-    use = metrics.use_correlation(table, truth, n_boot=200, patients=patients).set_index("method")
+    use = metrics.use_correlation(table, truth, "footprint_mass", n_boot=200, patients=patients).set_index("method")
     assert use.at["faithful", "rho"] == pytest.approx(1.0) and use.at["faithful", "ci_low"] == pytest.approx(1.0)
     assert abs(use.at["blind", "rho"]) < 0.4 and use.at["blind", "ci_low"] < 0 < use.at["blind", "ci_high"]
+    assert metrics.use_correlation(table, truth).empty, "the default score (footprint_excess) is not in the table"
 
 
 def test_map_shift_is_sign_blind():
@@ -244,3 +253,27 @@ def test_leakage_targets_pick_two_findings_of_one_image():
         a != b and codes[i, labels.PATHOLOGIES.index(a)] == codes[i, labels.PATHOLOGIES.index(b)] == 1
         for i, a, b in triples
     )
+
+
+def test_twin_frame_draws_both_models_and_the_marker(marked_inputs):
+    import matplotlib.pyplot as plt
+
+    from helpers import widgets
+
+    ids, inputs, masks = marked_inputs
+    explainer = explainers.create("gradient_x_input")
+    maps = {
+        kind: {"gradient_x_input": explainer.explain(model, inputs, [TARGET], image_ids=ids)}
+        for kind, model in (("clean", _elsewhere_model(masks)), ("shortcut", _marker_model(masks)))
+    }
+    images = (inputs[:, 0].numpy() * 50 + 120).clip(0, 255).astype(np.uint8)
+    fig = widgets.render_twins(images, maps, "gradient_x_input", 1, TARGET, marker_masks=masks)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 3 and "clean model" in titles[1] and "shortcut model" in titles[2]
+    assert all(ax.collections for ax in fig.axes), "the marker's contour on every panel"
+    plt.close(fig)
+    viewer = widgets.twin_viewer(images, maps, marker_masks=masks, start=(2, TARGET))
+    frame = viewer.children[-1]
+    first = frame.value
+    viewer.children[0].children[1].value = 3  # the image slider
+    assert frame.value and frame.value != first and not plt.get_fignums()

@@ -161,7 +161,7 @@ def use_correlation(
         low, high = _cluster_bootstrap(_spearman, _clusters(group, patients), n_boot, seed, x, y)
         rho = _spearman(x, y)
         out.append({"method": method, "metric": metric, "rho": rho, "ci_low": low, "ci_high": high, "n": len(group)})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=["method", "metric", "rho", "ci_low", "ci_high", "n"])
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -259,7 +259,7 @@ def detection_auroc(
         out.append(
             {"method": method, "metric": metric, "auroc": auroc, "ci_low": low, "ci_high": high, "n_images": n_images}
         )
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=["method", "metric", "auroc", "ci_low", "ci_high", "n_images"])
 
 
 def _clusters(group: pd.DataFrame, patients: Mapping[str, str] | None) -> pd.Series:
