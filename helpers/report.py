@@ -279,6 +279,31 @@ def write_seed_tables(profiles: Sequence[str], n_boot: int = 1000) -> None:
     summaries = {k: r.table("summary").query("pathology == 'all'") for k, r in enumerate(runs)}
     runs[0].save_table(metrics.across_seeds(summaries, ["method", "metric"]), "seeds_summary")
     runs[0].save_table(_sanity_across_seeds([r.table("sanity") for r in runs]), "seeds_sanity")
+    known_truth = _known_truth_across_seeds(runs)
+    if known_truth is not None:
+        runs[0].save_table(known_truth, "seeds_known_truth")
+
+
+#: Notebook 06's tables combined across seeds (each seed trains its own clean and shortcut twin).
+KNOWN_TRUTH_TABLES = ("known_truth_detection", "known_truth_reliance", "known_truth_shortcut_summary")
+
+
+def _known_truth_across_seeds(runs: Sequence[Run]) -> pd.DataFrame | None:
+    """Seed-to-seed spread of the shortcut experiment: each twin's reliance, each method's detection AUROC and its
+    pooled marker and finding scores per model; None unless every seed ran notebook 06."""
+    if not all(run.table_path(name).is_file() for run in runs for name in KNOWN_TRUTH_TABLES):
+        return None
+    keys = ["method", "model", "metric"]
+    detection = {
+        k: r.table("known_truth_detection").assign(model="both", value=lambda t: t["auroc"]) for k, r in enumerate(runs)
+    }
+    reliance = {k: r.table("known_truth_reliance").assign(method="(model)") for k, r in enumerate(runs)}
+    shortcut = {
+        k: r.table("known_truth_shortcut_summary").query("pathology == 'all'").rename(columns={"mean": "value"})
+        for k, r in enumerate(runs)
+    }
+    tables = [metrics.across_seeds(t, keys, value="value") for t in (reliance, detection, shortcut)]
+    return pd.concat(tables, ignore_index=True)
 
 
 def _sanity_across_seeds(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:

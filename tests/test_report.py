@@ -129,3 +129,38 @@ def test_seed_tables_appear_in_the_block_once_written(run):
     text = report.results_markdown(run)
     assert "granularity against Grad-CAM at each layer" in text and "| -1 |" in text
     assert "Grad-CAM" in text.split("granularity against Grad-CAM at each layer")[1]  # the reference, by its label
+
+
+def test_known_truth_across_seeds_needs_every_seed_and_keeps_each(tmp_path, monkeypatch):
+    from helpers.report import _known_truth_across_seeds
+
+    monkeypatch.setenv("CHEXPLAIN_RUNS_DIR", str(tmp_path))
+    runs = [Run(name, device="cpu") for name in ("smoke", "smoke-seed1")]
+    for k, run in enumerate(runs):
+        run.save_table(
+            pd.DataFrame({"method": ["gradcam"], "metric": ["marker_mass"], "auroc": [0.9 + k / 20]}),
+            "known_truth_detection",
+        )
+        run.save_table(
+            pd.DataFrame({"model": ["shortcut"], "metric": ["marker_delta"], "value": [3.0 + k]}),
+            "known_truth_reliance",
+        )
+        assert _known_truth_across_seeds(runs) is None, "a seed without the shortcut summary: no table"
+        summary = pd.DataFrame(
+            {
+                "method": ["gradcam"],
+                "model": ["shortcut"],
+                "pathology": ["all"],
+                "metric": ["marker_mass"],
+                "mean": [0.03 * (k + 1)],
+            }
+        )
+        run.save_table(summary, "known_truth_shortcut_summary")
+    table = _known_truth_across_seeds(runs).set_index(["method", "model", "metric"])
+    assert table.loc[("(model)", "shortcut", "marker_delta"), ["seed_0", "seed_1", "seed_min"]].tolist() == [
+        3.0,
+        4.0,
+        3.0,
+    ]
+    assert table.loc[("gradcam", "both", "marker_mass"), "seed_max"] == pytest.approx(0.95)
+    assert table.loc[("gradcam", "shortcut", "marker_mass"), "seed_mean"] == pytest.approx(0.045)
