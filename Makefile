@@ -11,7 +11,7 @@ PARAMS ?=
 SEED_PARAMS ?= -f notebooks/seeds.yaml
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install run seeds results publish test unit lint format lab bench bench-gpu clean
+.PHONY: help install run seeds results report publish test e2e unit lint format lab bench bench-gpu clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -44,17 +44,24 @@ seeds: $(STAMP) ## The study over training seeds: default-seed1 and -seed2 besid
 results: $(STAMP) ## Write the README's results block from the default run's tables (a person decides when)
 	$(BIN)/python -m helpers.report readme default README.md
 
+report: $(STAMP) ## A self-contained HTML viewer of a run's heatmaps, no kernel needed: runs/<profile>/figures/viewer.html
+	$(BIN)/python -m helpers.report viewer $(PROFILE)
+
 publish: ## Copy the default run's figures and tables into the committed figures/ (a person decides when)
 	@test -d runs/default/figures || { echo "No runs/default/figures: run 'make run' first."; exit 1; }
 	cp runs/default/figures/fig*_*.pdf runs/default/figures/fig*_*.png runs/default/figures/table*_* figures/
 	if ls runs/default/metrics/seeds_*.csv >/dev/null 2>&1; then cp runs/default/metrics/seeds_*.csv figures/; fi
 	@echo "figures/ updated from runs/default/figures; review with 'git diff --stat figures' before committing."
 
-test: $(STAMP) lint ## Lint, unit tests, then every notebook in the smoke profile
-	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests notebooks --nbmake --nbmake-timeout=1200 --durations=12
+test: $(STAMP) lint ## Lint, unit tests, every notebook in the smoke profile, then the browser test
+	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests notebooks -m "not e2e" --nbmake --nbmake-timeout=1200 --durations=12
+	$(MAKE) e2e
+
+e2e: $(STAMP) ## The viewers in JupyterLab and the HTML viewer, in headless Chromium (after the smoke notebooks)
+	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests/e2e -m e2e -v
 
 unit: $(STAMP) ## Unit tests without the notebooks and the slow tests (about a minute)
-	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests -m "not slow" -q
+	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests -m "not slow and not e2e" -q
 
 lint: $(STAMP) ## ruff: lint and format check (helpers, tests, benchmarks, scripts, notebooks)
 	$(BIN)/ruff check .

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import metrics, study
+from helpers import export, metrics, study
 from helpers.figures import method_label as label
 from helpers.io import atomic_path
 from helpers.run import Run
@@ -330,6 +330,30 @@ def _verdict(row: pd.Series) -> dict:
     return {"mean": row["mean"], "passes": _yes(row["passes"]) == "passes"}
 
 
+#: The methods of the HTML viewer (those a run made), and how many explained images it shows.
+VIEWER_METHODS = ("gradcam", "gradcam_4x", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "gradient_x_input", "prior")
+VIEWER_IMAGES = 24
+
+
+def write_html_viewer(profile: str, methods: Sequence[str] = VIEWER_METHODS, n_images: int = VIEWER_IMAGES) -> Path:
+    """``runs/<profile>/figures/viewer.html``: the run's maps of its first ``n_images`` explained images for every
+    pathology and each of ``methods`` it made (:mod:`helpers.export`), browsable without a kernel."""
+    run = Run(profile, device="cpu")
+    made = [m for m in methods if run.heatmap_path(m).is_file()]
+    if not made:
+        raise FileNotFoundError(
+            f"No heatmaps of {list(methods)} in {run.folder('heatmaps')}: run notebooks 03-05 first."
+        )
+    batch = run.explained()
+    shown = slice(0, n_images)
+    data = export.viewer_data(
+        batch.images[shown], run.heatmaps(made), masks=batch.masks[shown], codes=batch.codes[shown]
+    )
+    return export.write_viewer(
+        run.figures_dir / "viewer.html", data, f"chexplain: {profile} run, {len(data['ids'])} images"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -338,11 +362,18 @@ def main(argv: list[str] | None = None) -> None:
     readme.add_argument("readme", type=Path)
     seeds = commands.add_parser("seeds", help="combine runs of several training seeds")
     seeds.add_argument("profiles", nargs="+")
+    viewer = commands.add_parser("viewer", help="write a self-contained HTML viewer of a run's heatmaps")
+    viewer.add_argument("profile")
+    viewer.add_argument("--methods", nargs="+", default=list(VIEWER_METHODS))
+    viewer.add_argument("--images", type=int, default=VIEWER_IMAGES)
     args = parser.parse_args(argv)
     if args.command == "readme":
         write_readme(args.profile, args.readme)
-    else:
+    elif args.command == "seeds":
         write_seed_tables(args.profiles)
+    else:
+        path = write_html_viewer(args.profile, args.methods, args.images)
+        print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":
