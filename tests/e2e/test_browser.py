@@ -1,5 +1,5 @@
 """The viewers as a person uses them: JupyterLab in headless Chromium (Debian's package, driven by Playwright),
-notebooks 03-05 run top to bottom in the smoke profile, every viewer's controls moved; and the run's HTML viewer
+notebooks 03-06 run top to bottom in the smoke profile, every viewer's controls moved; and the run's HTML viewer
 opened from disk. Run after notebooks 01-05 have run in the smoke profile (`make test` runs this last; `make e2e`
 runs it alone).
 
@@ -9,6 +9,7 @@ errors fail the test. Screenshots go to ``runs/smoke/e2e/`` (not committed), fai
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.e2e
 #: Slowest allowed redraw after one move of a control (smoke profile).
 REDRAW_LIMIT_S = 2.0
 #: Notebooks run in the browser, each with one viewer.
-NOTEBOOKS = ["03_lrp_zennit.ipynb", "04_gradcam.ipynb", "05_compare.ipynb"]
+NOTEBOOKS = ["03_lrp_zennit.ipynb", "04_gradcam.ipynb", "05_compare.ipynb", "06_known_truth.ipynb"]
 #: Chromium flags for a closed network (without them it keeps trying Google's hosts) and a root user.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -40,6 +41,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+#: JupyterLab settings of the test server: every cell in the page (JupyterLab 4 leaves cells out of view out of
+#: the page by default), no autosave, no news fetched from the internet.
+LAB_SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false"},
+}
+#: The frame the HTML viewer's controls select (its page script's own state).
+SHOWN_FRAME = "'data:image/jpeg;base64,' + data.frames[method.value][+image.value][+pathology.value]"
 #: Console messages JupyterLab logs on a machine without internet, which say nothing of the viewers.
 OFFLINE_NOISE = ("Failed to load resource", "net::ERR_")
 
@@ -79,6 +89,10 @@ def lab(artifacts, tmp_path_factory):
         pytest.fail("The smoke run has no model: run notebooks 01-02 in the smoke profile first (`make test` does).")
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(paths.NOTEBOOKS_DIR, root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for plugin, settings in LAB_SETTINGS.items():
+        target = root / "settings" / f"{plugin}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(settings))
     port, token = _free_port(), secrets.token_hex(16)
     command = [
         *(sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1"),
@@ -163,15 +177,21 @@ def _timed_redraw(page, move, what: str) -> float:
     return seconds
 
 
+def _step(handle) -> None:
+    """Move a slider one step with the keyboard, as a person would: right, or left from its last position."""
+    at_end = handle.get_attribute("aria-valuenow") == handle.get_attribute("aria-valuemax")
+    handle.focus()
+    handle.press("ArrowLeft" if at_end else "ArrowRight")
+
+
 def _run_all(page, base: str, token: str, notebook: str) -> None:
-    page.goto(f"{base}/lab/tree/notebooks/{notebook}?token={token}")
+    """Open the notebook, wait for its kernel, and run every cell (Run > Run All Cells)."""
+    # a workspace of its own, reset: JupyterLab would reopen the notebooks of the previous test beside it
+    page.goto(f"{base}/lab/workspaces/e2e-{notebook[:2]}/tree/notebooks/{notebook}?token={token}&reset")
     page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
-    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus").first.wait_for(
-        timeout=120_000
-    )
-    page.wait_for_timeout(2_000)  # the kernel finishes starting
+    page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=120_000)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
-    page.locator("li[data-command='notebook:run-all-cells']").click()
+    page.locator("li[data-command='runmenu:run-all']").click()
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
@@ -188,7 +208,7 @@ def test_notebook_viewer_in_jupyterlab(lab, page, artifacts, notebook):
         readout = pathology.locator(".widget-readout")
         first_name = readout.inner_text()
         handle = pathology.locator(".noUi-handle")
-        times = [_timed_redraw(page, lambda: (handle.focus(), handle.press("ArrowRight")), "pathology slider")]
+        times = [_timed_redraw(page, lambda: _step(handle), "pathology slider")]
         assert readout.inner_text() != first_name, "the pathology readout names the new pathology"
         image_handle = viewer.locator(".widget-hslider").nth(1).locator(".noUi-handle")
         times.append(
@@ -206,20 +226,21 @@ def test_notebook_viewer_in_jupyterlab(lab, page, artifacts, notebook):
 def test_html_viewer_opens_from_disk_and_its_controls_move(page, artifacts):
     path = report.write_html_viewer("smoke", n_images=4)
     page.goto(path.as_uri())
-    frame = page.locator("#frame")
-    caption = page.locator("#caption")
-    first_source, first_caption = frame.get_attribute("src"), caption.inner_text()
-    assert first_source.startswith("data:image/jpeg;base64,")
     try:
-        for control in ("#pathology", "#image"):
-            before = frame.get_attribute("src")
+        for control, readout in (("#pathology", "#pathology-name"), ("#image", "#image-name")):
+            before = page.locator(readout).inner_text()
             page.locator(control).focus()
             page.keyboard.press("ArrowRight")
-            assert frame.get_attribute("src") != before, f"{control} changed the frame"
+            assert page.locator(readout).inner_text() != before, f"{control} moved on"
+            assert page.locator("#frame").get_attribute("src") == page.evaluate(SHOWN_FRAME)
         page.locator("#method").select_option(index=1)
-        assert caption.inner_text() != first_caption
-        name = page.locator("#pathology-name").inner_text()
-        assert name in caption.inner_text(), "the caption names the pathology shown"
+        method = page.locator("#method").input_value()
+        assert (
+            page.locator("#caption")
+            .inner_text()
+            .startswith(f"{method}: {page.locator('#pathology-name').inner_text()}")
+        )
+        assert page.locator("#frame").get_attribute("src") == page.evaluate(SHOWN_FRAME)
     finally:
         page.screenshot(path=str(artifacts / "viewer.html.png"), full_page=True)
     assert page.console_errors == [], page.console_errors
