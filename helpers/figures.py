@@ -271,18 +271,7 @@ def plot_metric_by_pathology(
             for m, method in enumerate(methods):
                 own = rows[rows["method"] == method].set_index("pathology").reindex(order)
                 x = np.arange(len(order)) + (m - (len(methods) - 1) / 2) * 0.8 / len(methods)
-                errors = np.vstack([own["mean"] - own["ci_low"], own["ci_high"] - own["mean"]])
-                ax.errorbar(
-                    x,
-                    own["mean"],
-                    yerr=np.nan_to_num(errors),
-                    fmt="o",
-                    markersize=2,
-                    elinewidth=0.7,
-                    capsize=1,
-                    color=palette[method],
-                    label=method_label(method),
-                )
+                _intervals(ax, x, own, palette[method], method_label(method), vertical=True)
             ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right")
             ax.set_ylabel((titles or {}).get(metric, metric))
             ax.axvline(len(order) - 1.5, color="0.8", linewidth=0.6)
@@ -359,18 +348,7 @@ def plot_method_intervals(
                 own = table if level is None else table[table[group] == level]
                 own = own.set_index("method").reindex(methods)
                 y = np.arange(len(methods)) + (g - (len(levels) - 1) / 2) * 0.25
-                errors = np.vstack([own["mean"] - own["ci_low"], own["ci_high"] - own["mean"]])
-                ax.errorbar(
-                    own["mean"],
-                    y,
-                    xerr=np.nan_to_num(errors),
-                    fmt="o",
-                    markersize=2.5,
-                    elinewidth=0.8,
-                    capsize=1.2,
-                    color=palette[level],
-                    label=None if level is None else str(level),
-                )
+                _intervals(ax, y, own, palette[level], None if level is None else str(level), vertical=False)
             ax.set_yticks(np.arange(len(methods)), [method_label(m) for m in methods] if ax is axes[0, 0] else [])
             ax.invert_yaxis()
             ax.set_title(title, fontsize=7)
@@ -378,3 +356,14 @@ def plot_method_intervals(
                 ax.legend(frameon=False, fontsize=5, loc="best")
         fig.tight_layout(pad=0.3)
     return fig
+
+
+def _intervals(ax: plt.Axes, positions: np.ndarray, own: pd.DataFrame, colour, label: str | None, vertical: bool):
+    """Points at ``own["mean"]`` with their 95% CIs (``ci_low``, ``ci_high``), placed at ``positions`` along the other
+    axis: vertical intervals over x positions, or horizontal ones over y positions."""
+    errors = np.nan_to_num(np.vstack([own["mean"] - own["ci_low"], own["ci_high"] - own["mean"]]))
+    style = {"fmt": "o", "markersize": 2.5, "elinewidth": 0.8, "capsize": 1.2, "color": colour, "label": label}
+    if vertical:
+        ax.errorbar(positions, own["mean"], yerr=errors, **style)
+    else:
+        ax.errorbar(own["mean"], positions, xerr=errors, **style)
