@@ -161,7 +161,7 @@ def heatmap_viewer(
         return render_view(images, heatmap_sets[method], image, pathology, codes=codes, masks=masks, alpha=alpha)
 
     frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha})
-    return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([method, alpha]), frame])
+    return widgets.VBox([_row(pathology, image), _row(method, alpha), frame])
 
 
 def _example_sliders(heatmaps: HeatmapSet, start: tuple[int, str] | None) -> tuple:
@@ -180,6 +180,14 @@ def _example_sliders(heatmaps: HeatmapSet, start: tuple[int, str] | None) -> tup
         int(image), 0, len(heatmaps.image_ids) - 1, description="image", continuous_update=False
     )
     return pathology_slider, image_slider
+
+
+def _row(*controls) -> object:
+    """Controls side by side that wrap onto the next line in a narrow window (at 1024 px the image slider was
+    squeezed to about 40 px beside the pathology slider)."""
+    import ipywidgets as widgets
+
+    return widgets.HBox(list(controls), layout={"flex_flow": "row wrap"})
 
 
 def live_figure(render, controls: Mapping) -> object:
@@ -232,7 +240,19 @@ def plot_gallery(
             axes[r, 0].imshow(images[i], cmap="gray")
             if mask is not None and mask.any():
                 axes[r, 0].contour(mask, levels=[0.5], colors="#00e5ff", linewidths=0.8)
-            axes[r, 0].set_title(pathology, fontsize=6)
+            # the row's name inside its first panel: a title above it overlapped the row above, and a label beside
+            # it made tight_layout shrink every panel
+            axes[r, 0].text(
+                0.03,
+                0.97,
+                pathology,
+                transform=axes[r, 0].transAxes,
+                ha="left",
+                va="top",
+                fontsize=5,
+                color="white",
+                bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
+            )
             axes[r, 0].axis("off")
             for c, (name, maps) in enumerate(heatmap_sets.items(), start=1):
                 signed = maps.signed
@@ -351,7 +371,7 @@ def comparison_viewer(
         )
 
     frame = live_figure(draw, {"pathology": pathology, "image": image, "left": left, "right": right})
-    return widgets.VBox([widgets.HBox([pathology, image]), widgets.HBox([left, right]), frame])
+    return widgets.VBox([_row(pathology, image), _row(left, right), frame])
 
 
 #: Colour of the spurious marker's contour (the ground truth's is cyan).
@@ -415,4 +435,4 @@ def twin_viewer(
         return render_twins(images, maps, method, image, pathology, marker_masks=marker_masks, masks=masks, codes=codes)
 
     frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method})
-    return widgets.VBox([widgets.HBox([pathology, image]), method, frame])
+    return widgets.VBox([_row(pathology, image), method, frame])

@@ -141,7 +141,7 @@ def browser():
 @pytest.fixture
 def page(browser):
     """A page whose console errors are collected (and asserted empty by each test)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context = browser.new_context(viewport={"width": 1024, "height": 900})  # a laptop's window
     page = context.new_page()
     page.console_errors = []
     page.on(
@@ -210,7 +210,9 @@ def test_notebook_viewer_in_jupyterlab(lab, page, artifacts, notebook):
         handle = pathology.locator(".noUi-handle")
         times = [_timed_redraw(page, lambda: _step(handle), "pathology slider")]
         assert readout.inner_text() != first_name, "the pathology readout names the new pathology"
-        image_handle = viewer.locator(".widget-hslider").nth(1).locator(".noUi-handle")
+        image_slider = viewer.locator(".widget-hslider").nth(1)
+        assert image_slider.bounding_box()["width"] >= 250, "the image slider keeps its width in a 1024-px window"
+        image_handle = image_slider.locator(".noUi-handle")
         times.append(
             _timed_redraw(page, lambda: (image_handle.focus(), image_handle.press("ArrowRight")), "image slider")
         )
