@@ -301,7 +301,7 @@ class Run:
             )
         from helpers import phantom
 
-        batch, meta = batch or self.explained(), self.model()[1]
+        batch, meta = batch if batch is not None else self.explained(), self.model()[1]
         rendered = phantom.render_without(self.data_root, [batch.image_ids[i] for i, _ in pairs], [p for _, p in pairs])
         size = self.profile.image_size
         factual, counterfactual = (data.resize_to_input(x, size) for x in (rendered.factual, rendered.counterfactual))
@@ -310,7 +310,9 @@ class Run:
                 f"The phantom at {self.data_root} renders other pixels than the cached images (another image size or "
                 f"version): rerun notebook 01 with profile {self.profile.name!r}."
             )
-        changed = np.stack([data.map_mask(region, size) for region in rendered.changed]) if len(pairs) else factual > 0
+        changed = np.zeros((len(pairs), size, size), bool)
+        for p, region in enumerate(rendered.changed):
+            changed[p] = data.map_mask(region, size)
         inputs = data.to_model_input(torch.from_numpy(counterfactual), meta["mean"], meta["std"])
         return inputs, changed
 
