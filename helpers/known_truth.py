@@ -175,14 +175,13 @@ def reliance(twins: dict[str, tuple[Run, nn.Module]], n_boot: int) -> pd.DataFra
 
 def _split_aurocs(model, meta, prepared, split, label, pathology, marked_run, n_boot, kind) -> list[dict]:
     """AUROC of ``pathology`` on one split, overall and (test) with and without the marker."""
-    from helpers import phantom
 
     frame = prepared.split(split)
     k = labels.PATHOLOGIES.index(pathology)
     probs = evaluate.predict(model, prepared.dataset(split, meta["policy"], meta["mean"], meta["std"]))[:, k]
     truth = frame[pathology].to_numpy() == 1
     patients = data.patient_ids(frame).to_numpy()
-    marked = phantom.replay(marked_run.data_root).marker_present(frame["image_id"].tolist())
+    marked = marked_run.replay().marker_present(frame["image_id"].tolist())
     subsets = {f"auroc_{label}": np.ones(len(frame), bool)}
     if label == "test":
         subsets |= {"auroc_test_marked": marked, "auroc_test_unmarked": ~marked}
@@ -197,10 +196,9 @@ def _split_aurocs(model, meta, prepared, split, label, pathology, marked_run, n_
 
 def _marker_delta(marked_run: Run, model: nn.Module, pathology: str, n_boot: int, kind: str) -> dict:
     """Mean change of ``pathology``'s logit when the marker is rendered out of every marked test image."""
-    from helpers import phantom
 
     test = marked_run.data().split("test")
-    rows = np.flatnonzero(phantom.replay(marked_run.data_root).marker_present(test["image_id"].tolist()))
+    rows = np.flatnonzero(marked_run.replay().marker_present(test["image_id"].tolist()))
     batch = marked_run.test_batch(rows)
     removals = [(i, "marker") for i in range(len(batch))]
     counterfactual, _ = marked_run.counterfactual_renders(removals, batch)

@@ -217,6 +217,7 @@ class Run:
             on_bad=on_bad,
         )
         self._loaded["data"] = prepared
+        self._loaded.pop("replay", None)  # the phantom may have been written again
         return prepared
 
     def data(self) -> data.PreparedData:
@@ -302,7 +303,7 @@ class Run:
         from helpers import phantom
 
         batch, meta = batch if batch is not None else self.explained(), self.model()[1]
-        rendered = phantom.render_without(self.data_root, [batch.image_ids[i] for i, _ in pairs], [p for _, p in pairs])
+        rendered = phantom.render_without(self.replay(), [batch.image_ids[i] for i, _ in pairs], [p for _, p in pairs])
         size = self.profile.image_size
         factual, counterfactual = (data.resize_to_input(x, size) for x in (rendered.factual, rendered.counterfactual))
         if not np.array_equal(factual, batch.images[[i for i, _ in pairs]]):
@@ -315,6 +316,13 @@ class Run:
             changed[p] = data.map_mask(region, size)
         inputs = data.to_model_input(torch.from_numpy(counterfactual), meta["mean"], meta["std"])
         return inputs, changed
+
+    def replay(self):
+        """The phantom's scenes, replayed once per Run from its manifest (:func:`helpers.phantom.replay`): every
+        counterfactual render and marker lookup reads them."""
+        from helpers import phantom
+
+        return self._once("replay", lambda: phantom.replay(self.data_root))
 
     def twin(self, shortcut: bool) -> Run:
         """Notebook 06's clean or shortcut model: this profile trained for ``profile.shortcut.max_epochs`` epochs on
@@ -339,10 +347,9 @@ class Run:
     def marker_rows(self, n: int, seed: int = 0) -> list[int]:
         """Up to ``n`` test rows whose image carries the marker: half (or all there are) positive for the marker's
         pathology, the rest negative, each group sampled with ``seed``; in test-split order."""
-        from helpers import phantom
 
         test = self.data().split("test")
-        marked = phantom.replay(self.data_root).marker_present(test["image_id"].tolist())
+        marked = self.replay().marker_present(test["image_id"].tolist())
         positive = test[self.profile.shortcut.pathology].to_numpy() == 1
         rng = np.random.default_rng(seed)
         chosen_positive = rng.permutation(np.flatnonzero(marked & positive))[: n // 2]
@@ -351,9 +358,8 @@ class Run:
 
     def marker_masks(self, image_ids: Sequence[str]) -> np.ndarray:
         """Bool ``(n, H, W)`` in the network input's frame: the marker's pixels in each image (empty where none)."""
-        from helpers import phantom
 
-        written = phantom.replay(self.data_root).marker_masks(list(image_ids))
+        written = self.replay().marker_masks(list(image_ids))
         return np.stack([data.map_mask(mask, self.profile.image_size) for mask in written])
 
     def explainer(self, name: str, **overrides) -> explainers.Explainer:
