@@ -182,9 +182,7 @@ def fit(
     device = select_device()
     model = model.to(device, memory_format=torch.channels_last)  # ~15% faster convolutions on CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=settings.lr_factor, patience=settings.lr_patience
-    )
+    scheduler = _scheduler(optimizer, settings)
     state = {"epoch": 0, "best": -np.inf, "stale": 0, "history": []}
     if resume and (out_dir / LAST).is_file():
         state = _restore(out_dir / LAST, model, optimizer, scheduler, profile)
@@ -201,7 +199,7 @@ def fit(
         loss = _train_epoch(network, loader, optimizer, scaler, epoch, feed, progress, out_dir, settings.max_epochs)
         train_seconds = time.perf_counter() - started
         val_auroc = np.nanmean(per_class_auroc(predict(model, val_set, device=device), val_targets, val_mask))
-        scheduler.step(val_auroc)
+        scheduler.step(*([val_auroc] if settings.schedule == "plateau" else []))
         improved = val_auroc > state["best"]
         state.update(epoch=epoch, best=max(state["best"], val_auroc), stale=0 if improved else state["stale"] + 1)
         state["history"].append(
@@ -229,6 +227,17 @@ def fit(
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return pd.DataFrame(state["history"])
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, settings) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule ``settings.schedule`` names (see :class:`helpers.config.TrainSettings`)."""
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.max_epochs)
+    if settings.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=settings.lr_factor, patience=settings.lr_patience
+        )
+    raise ValueError(f"Unknown learning-rate schedule {settings.schedule!r}; choose 'plateau' or 'cosine'.")
 
 
 def _train_epoch(network, loader, optimizer, scaler, epoch, feed, progress, out_dir, max_epochs) -> float:

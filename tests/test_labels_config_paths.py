@@ -54,9 +54,11 @@ def test_profiles_keep_their_settings():
     smoke, default, paper = (config.PROFILES[name] for name in ("smoke", "default", "paper"))
     assert (smoke.image_size, smoke.n_train, smoke.n_valid, smoke.n_explain, smoke.n_boot) == (64, 240, 80, 4, 50)
     assert smoke.train == config.TrainSettings(max_epochs=1, batch_size=16, learning_rate=1e-3)
-    assert (default.image_size, default.n_train, default.n_explain, default.min_prevalence) == (128, 3000, 32, 0.1)
+    assert (default.image_size, default.n_train, default.n_explain, default.min_prevalence) == (96, 3000, 32, 0.1)
     assert (default.min_positives, smoke.min_positives) == (20, 0)
-    assert default.train == config.TrainSettings(learning_rate=1e-3, batch_size=32, max_epochs=16, patience=4)
+    assert default.train == config.TrainSettings(
+        learning_rate=3e-3, batch_size=32, max_epochs=16, patience=16, schedule="cosine"
+    )
     assert (paper.data_source, paper.image_size, paper.n_explain) == ("chexpert", 224, 32)
     assert paper.train == config.TrainSettings(
         arch="densenet121",
@@ -78,6 +80,7 @@ def test_profiles_keep_their_settings():
         learning_rate=1e-4,
         max_epochs=10,
         patience=3,
+        schedule="plateau",
         lr_patience=1,
         lr_factor=0.1,
         num_workers=0,
@@ -109,6 +112,7 @@ def test_resume_fields_hold_what_changes_the_weights():
         {"arch": "resnet50"},
         {"std": (1.0, 1.0, 1.0)},
         {"lr_factor": 0.5},
+        {"schedule": "cosine"},
     ):
         assert config.resume_fields(config.load_profile("smoke", **change)) != fields, change
 

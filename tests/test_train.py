@@ -53,6 +53,20 @@ def test_resume_gives_the_same_weights_and_metrics(tmp_path):
     assert resumed["train_loss"].tolist() == straight["train_loss"].tolist()
 
 
+def test_cosine_schedule_falls_to_zero_and_resumes_exactly(tmp_path):
+    train_set, val_set = _tiny_sets()
+    cosine = _config(schedule="cosine", max_epochs=3, learning_rate=0.01)
+    straight = train.fit(_fresh_model(), train_set, val_set, cosine, tmp_path / "a", progress=False)
+    # the rate after each epoch: 0.01 * (1 + cos(pi * epoch / 3)) / 2, whatever the validation AUROC did
+    assert np.allclose(straight["learning_rate"], [0.0075, 0.0025, 0.0], atol=1e-12)
+    train.fit(_fresh_model(), train_set, val_set, cosine, tmp_path / "b", progress=False, stop_after_epoch=1)
+    resumed = train.fit(_fresh_model(seed=5), train_set, val_set, cosine, tmp_path / "b", progress=False)
+    assert resumed["learning_rate"].tolist() == straight["learning_rate"].tolist()
+    assert resumed["train_loss"].tolist() == straight["train_loss"].tolist()
+    with pytest.raises(ValueError, match="schedule 'linear'"):
+        train.fit(_fresh_model(), train_set, val_set, _config(schedule="linear"), tmp_path / "c", progress=False)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     train_set, val_set = _tiny_sets()
     train.fit(_fresh_model(), train_set, val_set, _config(max_epochs=1), tmp_path, progress=False)
