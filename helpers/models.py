@@ -80,7 +80,7 @@ class ExplicitHeadDenseNet(ExplicitHeadModel):
 
     CAM layers and their strides (input side / map side): ``"head"`` = ``head_relu`` 32, ``"2x"`` =
     ``features.transition3.relu`` 16 and ``"4x"`` = ``features.transition2.relu`` 8 (maps of 3, 6 and 12 px
-    at 96 px, 4, 8 and 16 at 128 px). The transitions' ReLUs are taken rather than the transitions themselves because each
+    at 96 px). The transitions' ReLUs are taken rather than the transitions themselves because each
     transition ends in a stride-2 average pooling: ``features.transition3``'s output is already at stride
     32. Like ``head_relu``, they are BatchNorm + ReLU of a dense block's output.
 
