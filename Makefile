@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the study alone (`make run`, `make seeds`, `make report`, `make lab`): the project without its dev extras
+RUN_STAMP := $(VENV)/.installed-run
 PROFILE ?= default
 # extra papermill arguments for every notebook, e.g. PARAMS='-p n_sanity 4'
 PARAMS ?=
@@ -16,15 +18,20 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -c "import helpers, torch, zennit, pytorch_grad_cam, papermill"
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	$(BIN)/python -c "import helpers, torch, zennit, pytorch_grad_cam, torchxrayvision, nbmake, papermill"
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv (if missing) and install the project with its dev extras
+install: $(STAMP) ## Create .venv (if missing) and install the project with its dev extras (`make run` needs none)
 
-run: $(STAMP) ## Run the notebooks in order (PROFILE=default); everything lands in runs/<profile>/, no tracked file changes
+run: $(RUN_STAMP) ## Run the notebooks in order (PROFILE=default); everything lands in runs/<profile>/, no tracked file changes
 	mkdir -p runs/$(PROFILE)/notebooks
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
@@ -32,7 +39,7 @@ run: $(STAMP) ## Run the notebooks in order (PROFILE=default); everything lands 
 	    runs/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE) --start-timeout 600 $(PARAMS); \
 	done
 
-seeds: $(STAMP) ## The study over training seeds: default-seed1 and -seed2 beside `make run`'s default, then the seed table
+seeds: $(RUN_STAMP) ## The study over training seeds: default-seed1 and -seed2 beside `make run`'s default, then the seed table
 	@test -f runs/$(PROFILE)/metrics/summary.csv || { echo "No runs/$(PROFILE)/metrics/summary.csv: run 'make run' first."; exit 1; }
 	@# one after the other: two studies side by side (one thread each) twice hung in notebook 03's viewer cell,
 	@# papermill waiting on an idle kernel
@@ -41,10 +48,10 @@ seeds: $(STAMP) ## The study over training seeds: default-seed1 and -seed2 besid
 	done
 	$(BIN)/python -m helpers.report seeds $(PROFILE) $(PROFILE)-seed1 $(PROFILE)-seed2
 
-results: $(STAMP) ## Write the README's results block from the default run's tables (a person decides when)
+results: $(RUN_STAMP) ## Write the README's results block from the default run's tables (a person decides when)
 	$(BIN)/python -m helpers.report readme default README.md
 
-report: $(STAMP) ## A self-contained HTML viewer of a run's heatmaps, no kernel needed: runs/<profile>/figures/viewer.html
+report: $(RUN_STAMP) ## A self-contained HTML viewer of a run's heatmaps, no kernel needed: runs/<profile>/figures/viewer.html
 	$(BIN)/python -m helpers.report viewer $(PROFILE)
 
 publish: ## Copy the default run's figures and tables into the committed figures/ (a person decides when)
@@ -71,7 +78,7 @@ format: $(STAMP) ## ruff: fix what can be fixed and format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-lab: $(STAMP) ## Open JupyterLab on the notebooks
+lab: $(RUN_STAMP) ## Open JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks
 
 bench: $(STAMP) ## Run the benchmarks in benchmarks/ and print their tables

@@ -24,6 +24,8 @@ from helpers.io import atomic_path
 from helpers.run import Run
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+#: Notebook 06's block, written by the same command.
+KNOWN_TRUTH_BEGIN, KNOWN_TRUTH_END = "<!-- known-truth:begin -->", "<!-- known-truth:end -->"
 OUTCOME = {1: "better", 0: "not distinguishable", -1: "worse"}
 
 
@@ -228,19 +230,129 @@ def _seed_rows(seeds: pd.DataFrame, with_reference: bool = False) -> pd.DataFram
     return table.round(3)
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with everything between :data:`BEGIN` and :data:`END` replaced by ``block``."""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with everything between ``begin`` and ``end`` (the results block's markers) replaced by ``block``."""
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise ValueError(f"No {BEGIN} ... {END} markers: add them where the results block belongs.")
-    return pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text)
+        raise ValueError(f"No {begin} ... {end} markers: add them where the block belongs.")
+    return pattern.sub(lambda _: f"{begin}\n{block}\n{end}", text)
 
 
 def write_readme(profile: str, readme: Path) -> None:
-    """Rewrite the results block of ``readme`` from the run of ``profile`` (atomically)."""
-    text = replace_block(readme.read_text(), results_markdown(Run(profile, device="cpu")))
+    """Rewrite the results block of ``readme`` from the run of ``profile``, and the known-truth block where the
+    README has its markers and the run has notebook 06's tables (atomically)."""
+    run = Run(profile, device="cpu")
+    text = replace_block(readme.read_text(), results_markdown(run))
+    if KNOWN_TRUTH_BEGIN in text and run.table_path("known_truth_reliance").is_file():
+        text = replace_block(text, known_truth_markdown(run), KNOWN_TRUTH_BEGIN, KNOWN_TRUTH_END)
     with atomic_path(readme) as tmp:
         tmp.write_text(text)
+
+
+#: Rows of the reliance table, as the known-truth block names them.
+RELIANCE_ROWS = {
+    "auroc_validation": "AUROC, validation (the marker follows the label)",
+    "auroc_test": "AUROC, test (the marker is independent of it)",
+    "auroc_test_marked": "AUROC, test images with the marker",
+    "auroc_test_unmarked": "AUROC, test images without it",
+    "marker_delta": "logit change when the marker is rendered out",
+}
+
+
+def known_truth_markdown(run: Run) -> str:
+    """Notebook 06's block: each twin's reliance on the marker, what each method's maps show of it, how a map's
+    mass in a finding's footprint follows the logit change, and the seed-to-seed spread where ``make seeds`` ran."""
+    reliance = run.table("known_truth_reliance").set_index(["metric", "model"])
+    pathology = run.profile.shortcut.pathology
+    rows = [
+        {"measure": f"{pathology} {name}", **{m: _interval(reliance.loc[(metric, m)], "value") for m in TWIN_ORDER}}
+        for metric, name in RELIANCE_ROWS.items()
+        if (metric, "clean") in reliance.index
+    ]
+    sections = [
+        "**Reliance** (each twin on the shortcut twin's data; mean, 95% CI by patient):",
+        _markdown(pd.DataFrame(rows, columns=["measure", "clean", "shortcut"])),
+        "**What the maps show of it** (marked test images; map mass on the marker and share of images whose maximum "
+        "lies on it, clean / shortcut model; detection AUROC: does the mass on the marker alone tell the shortcut "
+        "model's map from the clean model's):",
+        _markdown(_detection_rows(run)),
+    ]
+    if run.table_path("known_truth_use").is_file():
+        use = run.table("known_truth_use")
+        use = use[use["metric"] == "footprint_excess"].assign(method=lambda t: t["method"].map(label))
+        sections += [
+            "**Counterfactual evidence on the main model** (Spearman's rho between a method's excess mass in a "
+            "finding's footprint, its share minus the footprint's area share, and the logit change when the finding "
+            "is rendered out; 95% CI by patient):",
+            _markdown(use.assign(rho=[_interval(r, "rho") for _, r in use.iterrows()])[["method", "rho", "n"]]),
+        ]
+    if run.table_path("seeds_known_truth").is_file():
+        sections += [
+            "**Across training seeds** (each seed trains its own twins; the value in each seed, and their range):",
+            _markdown(_known_truth_seed_rows(run.table("seeds_known_truth"))),
+        ]
+    return "\n\n".join(sections)
+
+
+def _interval(row: pd.Series, column: str, digits: int = 2) -> str:
+    return f"{row[column]:.{digits}f} ({row['ci_low']:.{digits}f} to {row['ci_high']:.{digits}f})"
+
+
+def _detection_rows(run: Run) -> pd.DataFrame:
+    """Per method: marker mass and marker-holds-the-maximum under each twin, and the detection AUROC."""
+    detection = run.table("known_truth_detection").set_index("method")
+    summary = run.table("known_truth_shortcut_summary")
+    pooled = summary[summary["pathology"] == "all"].set_index(["method", "metric", "model"])["mean"]
+    rows = []
+    for method, row in detection.iterrows():
+        rows.append(
+            {
+                "method": label(method),
+                "mass on the marker": _twin_pair(pooled, method, "marker_mass"),
+                "maximum on the marker": _twin_pair(pooled, method, "marker_max"),
+                "detection AUROC": _interval(row, "auroc"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+TWIN_ORDER = ("clean", "shortcut")
+
+
+def _twin_pair(pooled: pd.Series, method: str, metric: str) -> str:
+    """``clean / shortcut`` pooled means of one method's metric."""
+    return " / ".join(f"{pooled.get((method, metric, model), float('nan')):.3f}" for model in TWIN_ORDER)
+
+
+#: The seed rows of the known-truth block: (method, model, metric) and how it is named.
+KNOWN_TRUTH_SEED_ROWS = {
+    ("(model)", "shortcut", "marker_delta"): "shortcut twin: logit change, marker rendered out",
+    ("(model)", "clean", "marker_delta"): "clean twin: logit change, marker rendered out",
+    ("(model)", "shortcut", "auroc_test"): "shortcut twin: test AUROC",
+    ("(model)", "clean", "auroc_test"): "clean twin: test AUROC",
+}
+
+
+def _known_truth_seed_rows(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Reliance per seed, then each method's detection AUROC and marker mass under the shortcut twin per seed."""
+    indexed = seeds.set_index(["method", "model", "metric"])
+    per_seed = [c for c in seeds.columns if c.startswith("seed_") and c[5:].isdigit()]
+    wanted = dict(KNOWN_TRUTH_SEED_ROWS)
+    for method in dict.fromkeys(seeds.loc[seeds["model"] == "both", "method"]):
+        wanted[(method, "both", "marker_mass")] = f"{label(method)}: detection AUROC"
+        wanted[(method, "shortcut", "marker_mass")] = f"{label(method)}: marker mass, shortcut twin"
+    rows = []
+    for key, name in wanted.items():
+        if key in indexed.index:
+            row = indexed.loc[key]
+            rows.append(
+                {
+                    "measure": name,
+                    "per seed": ", ".join(f"{row[c]:.2f}" for c in per_seed),
+                    "range": f"{row['seed_min']:.2f} to {row['seed_max']:.2f}",
+                }
+            )
+    return pd.DataFrame(rows, columns=["measure", "per seed", "range"])
 
 
 #: Grad-CAM at its three layers, with which LRP and the gradient family are compared on granularity in every seed.

@@ -164,3 +164,41 @@ def test_known_truth_across_seeds_needs_every_seed_and_keeps_each(tmp_path, monk
     ]
     assert table.loc[("gradcam", "both", "marker_mass"), "seed_max"] == pytest.approx(0.95)
     assert table.loc[("gradcam", "shortcut", "marker_mass"), "seed_mean"] == pytest.approx(0.045)
+
+
+def _known_truth_tables(run):
+    reliance = [
+        {"model": m, "metric": k, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 30}
+        for m, delta in (("clean", -0.12), ("shortcut", 3.5))
+        for k, v in (("auroc_test", 0.9), ("marker_delta", delta))
+    ]
+    run.save_table(pd.DataFrame(reliance), "known_truth_reliance")
+    detection = [
+        {"method": "gradcam", "metric": "marker_mass", "auroc": 0.75, "ci_low": 0.6, "ci_high": 0.9, "n_images": 8}
+    ]
+    run.save_table(pd.DataFrame(detection), "known_truth_detection")
+    summary = [
+        {"method": "gradcam", "pathology": "all", "metric": k, "model": m, "mean": v}
+        for k, m, v in (
+            ("marker_mass", "clean", 0.01),
+            ("marker_mass", "shortcut", 0.2),
+            ("marker_max", "shortcut", 0.5),
+        )
+    ]
+    run.save_table(pd.DataFrame(summary), "known_truth_shortcut_summary")
+
+
+def test_known_truth_block_states_reliance_and_detection_and_replaces_its_markers(run, tmp_path):
+    _known_truth_tables(run)
+    text = report.known_truth_markdown(run)
+    assert "| Pneumothorax logit change when the marker is rendered out | -0.12 (-0.22 to -0.02) | 3.50" in text
+    assert "| Grad-CAM (head) | 0.010 / 0.200 | nan / 0.500 | 0.75 (0.60 to 0.90) |" in text
+    assert "Across training seeds" not in text
+    readme = tmp_path / "README.md"
+    blocks = (
+        f"{report.BEGIN}\nold\n{report.END}\nmiddle\n{report.KNOWN_TRUTH_BEGIN}\nold truth\n{report.KNOWN_TRUTH_END}\n"
+    )
+    readme.write_text(blocks)
+    report.write_readme("smoke", readme)
+    written = readme.read_text()
+    assert "old" not in written and "middle" in written and "0.75 (0.60 to 0.90)" in written
