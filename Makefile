@@ -9,8 +9,8 @@ RUN_STAMP := $(VENV)/.installed-run
 PROFILE ?= default
 # extra papermill arguments for every notebook, e.g. PARAMS='-p n_sanity 4'
 PARAMS ?=
-# the seed runs' papermill parameters: the headline comparisons without the costliest extras
-SEED_PARAMS ?= -f notebooks/seeds.yaml
+# extra papermill arguments of the seed runs (by default none: each seed runs the whole study, as `make run`)
+SEED_PARAMS ?=
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: help install run seeds results report publish test e2e unit lint format lab bench bench-gpu clean

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from helpers import data, evaluate, labels, metrics
@@ -155,6 +156,7 @@ def reliance(twins: dict[str, tuple[Run, nn.Module]], n_boot: int) -> pd.DataFra
     pathology = marked_run.profile.shortcut.pathology
     prepared = marked_run.data()
     rows = []
+    renders = _marker_renders(marked_run)  # the same marked images, rendered once for both twins
     for kind, (twin, model) in twins.items():
         meta = twin.model()[1]
         for split in ("validation", "test"):
@@ -169,7 +171,7 @@ def reliance(twins: dict[str, tuple[Run, nn.Module]], n_boot: int) -> pd.DataFra
                 n_boot,
                 kind,
             )
-        rows.append(_marker_delta(marked_run, model, pathology, n_boot, kind))
+        rows.append(_marker_delta(renders, model, pathology, n_boot, kind))
     return pd.DataFrame(rows)
 
 
@@ -194,14 +196,20 @@ def _split_aurocs(model, meta, prepared, split, label, pathology, marked_run, n_
     return rows
 
 
-def _marker_delta(marked_run: Run, model: nn.Module, pathology: str, n_boot: int, kind: str) -> dict:
-    """Mean change of ``pathology``'s logit when the marker is rendered out of every marked test image."""
-
+def _marker_renders(marked_run: Run) -> tuple[ExplainedBatch, torch.Tensor, list[tuple[int, str]]]:
+    """Every marked test image, the same images rendered without the marker, and the (image, "marker") removals."""
     test = marked_run.data().split("test")
     rows = np.flatnonzero(marked_run.replay().marker_present(test["image_id"].tolist()))
     batch = marked_run.test_batch(rows)
     removals = [(i, "marker") for i in range(len(batch))]
     counterfactual, _ = marked_run.counterfactual_renders(removals, batch)
+    return batch, counterfactual, removals
+
+
+def _marker_delta(renders: tuple, model: nn.Module, pathology: str, n_boot: int, kind: str) -> dict:
+    """Mean change of ``pathology``'s logit when the marker is rendered out of every marked test image
+    (``renders`` from :func:`_marker_renders`)."""
+    batch, counterfactual, removals = renders
     truth = metrics.logit_changes(model, batch.inputs, counterfactual, removals, batch.image_ids)
     delta = truth[truth["pathology"] == pathology]["delta"].to_numpy()
     low, high = metrics.bootstrap_ci(delta, n_boot, clusters=batch.patients)

@@ -98,6 +98,35 @@ def test_gradient_x_input_is_gradient_times_input(model, images):
     assert np.allclose(ours, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", explainers.GradientFamily.KINDS)
+def test_gradient_family_equals_zennit_pathology_by_pathology(model, images, kind):
+    """The batched backward gives what zennit's own attributor gives for each pathology alone (computed in float64,
+    stored as float32 maps), SmoothGrad with the same noise draws for every pathology."""
+    net, x = model.double(), images[:2].double()
+    explainer = explainers.create(kind, **({"n_iter": 3} if kind in ("smoothgrad", "integrated_gradients") else {}))
+    names = ["Edema", "Fracture"]
+    try:
+        ours = explainer.explain(net, x, names).maps
+        expected = []
+        with base.frozen_eval(net):
+            for name in names:
+                column = labels.PATHOLOGIES.index(name)
+                with torch.random.fork_rng():
+                    torch.manual_seed(explainer.params.get("seed", 0))
+                    _, gradient = explainer.zennit_attributor(net)(
+                        x.clone(),
+                        lambda logits, c=column: torch.nn.functional.one_hot(
+                            torch.full(logits.shape[:1], c), logits.shape[1]
+                        ).to(logits.dtype),
+                    )
+                expected.append(explainer._reduce(gradient, x))
+    finally:
+        net.float()
+    expected = torch.stack(expected, dim=1).numpy()
+    assert np.abs(expected).max() > 0  # maps are float32: equal to its precision
+    assert np.allclose(ours, expected, rtol=1e-6, atol=1e-7 * np.abs(expected).max())
+
+
 def test_smoothgrad_is_seeded_and_leaves_the_global_random_state(model, images):
     state = torch.random.get_rng_state()
     first = explainers.create("smoothgrad", n_iter=3).explain(model, images[:1], ["Edema"]).maps

@@ -57,7 +57,7 @@ def test_profiles_keep_their_settings():
     assert (default.image_size, default.n_train, default.n_explain, default.min_prevalence) == (96, 3000, 32, 0.1)
     assert (default.min_positives, smoke.min_positives) == (20, 0)
     assert default.train == config.TrainSettings(
-        learning_rate=3e-3, batch_size=32, max_epochs=16, patience=16, schedule="cosine"
+        learning_rate=3e-3, batch_size=32, max_epochs=12, patience=12, schedule="cosine"
     )
     assert (paper.data_source, paper.image_size, paper.n_explain) == ("chexpert", 224, 32)
     assert paper.train == config.TrainSettings(

@@ -1,6 +1,11 @@
-"""Gradient baselines through zennit's attributors: saliency, Gradient x Input, SmoothGrad, Integrated Gradients.
+"""Gradient baselines as zennit computes them: saliency, Gradient x Input, SmoothGrad, Integrated Gradients.
 
-Each explains the pathology's logit (the gradient of that logit, one zennit call per pathology). Saliency
+Each explains the pathology's logit. zennit's attributors run one backward pass per output, so 14 pathologies
+cost 14 forward and backward passes per noise sample or path step; here each sample's forward pass is shared
+and the backward is batched over the pathologies (``is_grads_batched``, as :mod:`helpers.explainers.lrp` does):
+written by hand for that reason, and checked against zennit's ``Gradient``, ``SmoothGrad`` and
+``IntegratedGradients`` pathology by pathology (:meth:`GradientFamily.zennit_attributor`). SmoothGrad draws
+its noise once per sample for all pathologies (the same draws zennit makes for one). Saliency
 and SmoothGrad report the largest absolute gradient over the colour channels (Simonyan et al.'s map, so
 non-negative); Gradient x Input and Integrated Gradients are signed and summed over channels, like LRP
 (whose LRP-0 equals Gradient x Input). Integrated Gradients starts from the black image (pixel value 0 in
@@ -62,17 +67,31 @@ class GradientFamily(Explainer):
         self.normalisation = (tuple(mean), tuple(std))
 
     def attribute(self, model, images, classes):
-        attributor = self._attributor(model, images)
         devices = [images.device] if images.device.type == "cuda" else []
-        maps = []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.params.get("seed", 0))
-            for c in classes:
-                _, gradient = attributor(images.detach().clone(), functools.partial(_one_hot, column=c))
-                maps.append(self._reduce(gradient, images))
-        return torch.stack(maps, dim=1)
+            points = self._points(images)
+            total = sum(_class_gradients(model, point, classes) for point in points) / len(points)
+        if self.params["kind"] == "integrated_gradients":
+            total = total * (images - self._black(images))
+        return self._reduce(total, images).transpose(0, 1)
 
-    def _attributor(self, model, images):
+    def _points(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The inputs whose gradients are averaged: zennit's noise samples (the last one noise-free) or path steps."""
+        kind, params = self.params["kind"], self.params
+        if kind == "smoothgrad":
+            dims = tuple(range(1, images.ndim))
+            spread = params["noise_level"] * (images.amax(dims, keepdim=True) - images.amin(dims, keepdim=True))
+            noise = [torch.randn_like(images) * spread for _ in range(params["n_iter"] - 1)]
+            return [images + epsilon for epsilon in noise] + [images]
+        if kind == "integrated_gradients":
+            baseline = self._black(images)
+            alphas = torch.linspace(1.0 / params["n_iter"], 1.0, params["n_iter"])
+            return [baseline + alpha * (images - baseline) for alpha in alphas]
+        return [images]
+
+    def zennit_attributor(self, model):
+        """zennit's own attributor for this method, one pathology per call: the reference the tests compare with."""
         kind, params = self.params["kind"], self.params
         if kind == "smoothgrad":
             return ZennitSmoothGrad(model, noise_level=params["noise_level"], n_iter=params["n_iter"])
@@ -87,19 +106,24 @@ class GradientFamily(Explainer):
         return ((0 - mean) / std).expand_as(images)
 
     def _reduce(self, gradient: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Maps from gradients ``(..., 3, H, W)`` over the colour channels (the second-last but two axis)."""
         kind = self.params["kind"]
         if kind == "gradient_x_input":
-            return (gradient * images).sum(dim=1)
-        if kind == "integrated_gradients":  # zennit already multiplies by (input - baseline)
-            return gradient.sum(dim=1)
-        return gradient.abs().amax(dim=1)
+            return (gradient * images).sum(dim=-3)
+        if kind == "integrated_gradients":  # already multiplied by (input - baseline)
+            return gradient.sum(dim=-3)
+        return gradient.abs().amax(dim=-3)
 
 
-def _one_hot(logits: torch.Tensor, column: int) -> torch.Tensor:
-    """Output attribution selecting one logit: the backward gives that logit's gradient."""
-    selector = torch.zeros_like(logits)
-    selector[:, column] = 1
-    return selector
+def _class_gradients(model, inputs: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Gradients of each class's logit, ``(k, n, 3, H, W)``: one forward pass, the backward batched over classes."""
+    inputs = inputs.detach().clone().requires_grad_(True)
+    logits = model(inputs)
+    selector = torch.zeros(len(classes), *logits.shape, dtype=logits.dtype, device=logits.device)
+    for j, c in enumerate(classes):
+        selector[j, :, c] = 1
+    (gradients,) = torch.autograd.grad(logits, inputs, grad_outputs=selector, is_grads_batched=True)
+    return gradients
 
 
 for _kind in GradientFamily.KINDS:

@@ -184,6 +184,17 @@ def _step(handle) -> None:
     handle.press("ArrowLeft" if at_end else "ArrowRight")
 
 
+def _assert_second_name_shown_whole(page, handle, readout) -> None:
+    """Move the pathology slider to its second position (Enlarged Cardiomediastinum, the longest name, in notebooks
+    03-05) and check that its readout shows the whole name, not a clipped one."""
+    handle.focus()
+    handle.press("Home")
+    _timed_redraw(page, lambda: handle.press("ArrowRight"), "pathology slider to its second position")
+    name = readout.inner_text()
+    clipped = readout.evaluate("element => element.scrollWidth > element.clientWidth + 1")
+    assert name and not clipped, f"the pathology readout clips {name!r}"
+
+
 def _run_all(page, base: str, token: str, notebook: str) -> None:
     """Open the notebook, wait for its kernel, and run every cell (Run > Run All Cells)."""
     # a workspace of its own, reset: JupyterLab would reopen the notebooks of the previous test beside it
@@ -219,6 +230,7 @@ def test_notebook_viewer_in_jupyterlab(lab, page, artifacts, notebook):
         picker = viewer.locator("select").first
         options = picker.locator("option").all_inner_texts()
         times.append(_timed_redraw(page, lambda: picker.select_option(options[-1]), "method picker"))
+        _assert_second_name_shown_whole(page, handle, readout)
         (artifacts / f"{notebook}.redraw.txt").write_text(" ".join(f"{t:.2f}" for t in times) + "\n")
     finally:
         page.screenshot(path=str(artifacts / f"{notebook}.png"), full_page=True)
