@@ -161,7 +161,7 @@ def heatmap_viewer(
         return render_view(images, heatmap_sets[method], image, pathology, codes=codes, masks=masks, alpha=alpha)
 
     frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha})
-    return widgets.VBox([_row(pathology, image), _row(method, alpha), frame])
+    return widgets.VBox([_row(pathology, _name_label(pathology), image), _row(method, alpha), frame])
 
 
 def _example_sliders(heatmaps: HeatmapSet, start: tuple[int, str] | None) -> tuple:
@@ -174,12 +174,23 @@ def _example_sliders(heatmaps: HeatmapSet, start: tuple[int, str] | None) -> tup
         value=pathology,
         description="pathology",
         continuous_update=False,
-        layout={"width": "520px"},
+        readout=False,  # its readout is 72 px wide: "Enlarged Cardiomediastinum" would be clipped; a label shows it
+        layout={"width": "400px"},
     )
     image_slider = widgets.IntSlider(
         int(image), 0, len(heatmaps.image_ids) - 1, description="image", continuous_update=False
     )
     return pathology_slider, image_slider
+
+
+def _name_label(slider) -> object:
+    """A label showing ``slider``'s value whole (class ``pathology-name``), kept up to date by the kernel."""
+    import ipywidgets as widgets
+
+    label = widgets.Label(str(slider.value), layout={"min_width": "210px"})
+    label.add_class("pathology-name")
+    slider.observe(lambda change: setattr(label, "value", str(change["new"])), names="value")
+    return label
 
 
 def _row(*controls) -> object:
@@ -371,7 +382,7 @@ def comparison_viewer(
         )
 
     frame = live_figure(draw, {"pathology": pathology, "image": image, "left": left, "right": right})
-    return widgets.VBox([_row(pathology, image), _row(left, right), frame])
+    return widgets.VBox([_row(pathology, _name_label(pathology), image), _row(left, right), frame])
 
 
 #: Colour of the spurious marker's contour (the ground truth's is cyan).
@@ -435,4 +446,4 @@ def twin_viewer(
         return render_twins(images, maps, method, image, pathology, marker_masks=marker_masks, masks=masks, codes=codes)
 
     frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method})
-    return widgets.VBox([_row(pathology, image), method, frame])
+    return widgets.VBox([_row(pathology, _name_label(pathology), image), method, frame])

@@ -80,13 +80,14 @@ def test_viewer_redraws_its_frame_in_place_and_closes_its_figures():
     images = np.random.default_rng(0).integers(0, 255, (2, 16, 16), dtype=np.uint8)
     open_before = len(plt.get_fignums())
     viewer = widgets.heatmap_viewer(images, {"gradcam": result})
-    (pathology, image), _, frame = viewer.children[0].children, viewer.children[1], viewer.children[2]
+    (pathology, name, image), _, frame = viewer.children[0].children, viewer.children[1], viewer.children[2]
     first = frame.value
     assert first[:8] == b"\x89PNG\r\n\x1a\n"  # a PNG, drawn when the viewer is built
     image.value = 1
     assert frame.value != first  # the same widget shows the other image
     pathology.value = result.pathologies[-1]
     assert frame.value not in (first, b"")
+    assert name.value == result.pathologies[-1] and not pathology.readout  # the whole name, beside the slider
     assert len(plt.get_fignums()) == open_before  # every figure drawn was closed
 
 
@@ -151,11 +152,11 @@ def test_viewer_starts_at_the_given_example_with_its_picker_label():
     result = _set()
     images = np.zeros((2, 16, 16), np.uint8)
     viewer = widgets.heatmap_viewer(images, {"lrp": result}, start=(1, result.pathologies[-1]), picker="composite")
-    pathology, image = viewer.children[0].children
-    assert (image.value, pathology.value) == (1, result.pathologies[-1])
+    pathology, name, image = viewer.children[0].children
+    assert (image.value, pathology.value, name.value) == (1, result.pathologies[-1], result.pathologies[-1])
     assert viewer.children[1].children[0].description == "composite"
     viewer = widgets.comparison_viewer(images, {"a": result, "b": result}, start=(1, result.pathologies[0]))
-    assert viewer.children[0].children[1].value == 1
+    assert viewer.children[0].children[2].value == 1
 
 
 def test_a_constant_map_is_labelled_empty():

@@ -275,5 +275,5 @@ def test_twin_frame_draws_both_models_and_the_marker(marked_inputs):
     viewer = widgets.twin_viewer(images, maps, marker_masks=masks, start=(2, TARGET))
     frame = viewer.children[-1]
     first = frame.value
-    viewer.children[0].children[1].value = 3  # the image slider
+    viewer.children[0].children[2].value = 3  # the image slider
     assert frame.value and frame.value != first and not plt.get_fignums()

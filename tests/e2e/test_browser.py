@@ -186,13 +186,13 @@ def _step(handle) -> None:
 
 def _assert_second_name_shown_whole(page, handle, readout) -> None:
     """Move the pathology slider to its second position (Enlarged Cardiomediastinum, the longest name, in notebooks
-    03-05) and check that its readout shows the whole name, not a clipped one."""
+    03-05) and check that the label beside it shows the whole name, not a clipped one."""
     handle.focus()
     handle.press("Home")
     _timed_redraw(page, lambda: handle.press("ArrowRight"), "pathology slider to its second position")
     name = readout.inner_text()
     clipped = readout.evaluate("element => element.scrollWidth > element.clientWidth + 1")
-    assert name and not clipped, f"the pathology readout clips {name!r}"
+    assert name and not clipped, f"the pathology label clips {name!r}"
 
 
 def _run_all(page, base: str, token: str, notebook: str) -> None:
@@ -216,7 +216,7 @@ def test_notebook_viewer_in_jupyterlab(lab, page, artifacts, notebook):
         assert page.get_by_text("Error displaying widget").count() == 0
         assert page.locator(".jp-OutputArea-output pre", has_text="VBox(children=").count() == 0, "plain-text repr"
         pathology = viewer.locator(".widget-hslider").first
-        readout = pathology.locator(".widget-readout")
+        readout = viewer.locator(".pathology-name")
         first_name = readout.inner_text()
         handle = pathology.locator(".noUi-handle")
         times = [_timed_redraw(page, lambda: _step(handle), "pathology slider")]
