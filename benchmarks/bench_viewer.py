@@ -3,8 +3,7 @@
 Builds notebook 03's per-pathology viewer and notebook 05's two-panel viewer over the run's saved maps, then
 moves the image slider, the pathology slider and the method picker in turn (``--moves`` times in all) and times
 each redraw in the kernel: the render, the PNG encoding and the swap of the frame's bytes (what the browser then
-shows is not included). Prints the median and the slowest move per viewer (target: <= 0.5 s at 128 px on the
-2-core CPU).
+shows is not included). Prints the median and the slowest move per viewer (target: <= 0.5 s on the 2-core CPU).
 
 Run: ``python benchmarks/bench_viewer.py [--profile default] [--moves 30]`` after ``make run``.
 """
@@ -22,7 +21,7 @@ from helpers.run import Run
 
 def timed_moves(viewer, moves: int) -> list[float]:
     """Seconds of each of ``moves`` control changes, cycling image, pathology and the (first) picker."""
-    (pathology, image), (picker, *_) = viewer.children[0].children, viewer.children[1].children
+    (pathology, _name, image), (picker, *_) = viewer.children[0].children, viewer.children[1].children
     changes = itertools.cycle(
         [
             (image, lambda v: (v + 7) % (image.max + 1)),
@@ -45,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     run = Run(args.profile, device="cpu")
     batch = run.explained()
-    lrp_sets = run.heatmaps([f"lrp_{c}" for c in lrp.COMPOSITES])
+    lrp_sets = run.heatmaps([f"lrp_{c}" for c in lrp.COMPOSITES if run.heatmap_path(f"lrp_{c}").is_file()])
     compared = run.heatmaps(["gradcam", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1"])
     scores = run.table("scores")
     scores["image"] = scores["image"].astype(str)
