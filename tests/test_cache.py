@@ -190,3 +190,19 @@ def test_small_jobs_decode_in_this_process_unless_a_count_is_set(small_phantom, 
     monkeypatch.setenv(cache.WORKERS_VARIABLE, "2")
     with pytest.raises(AssertionError, match="started 2 worker processes"):
         data.build_image_cache(frame, small_phantom, SIZE)
+
+
+def test_a_run_folder_moves_whole_and_a_lost_data_folder_is_named(small_phantom, tmp_path):
+    """The cache records a phantom beside it relatively, so a moved run folder still finds its masks; a data folder
+    that is gone stops the masks with its name instead of giving empty ones."""
+    run = tmp_path / "run"
+    shutil.copytree(small_phantom, run / "CheXpert-v1.0-small")
+    data.prepare(run / "CheXpert-v1.0-small", run / "cache", SIZE)
+    assert (run / "cache" / "root.txt").read_text() == os.path.join("..", "CheXpert-v1.0-small")
+    expected = data.load_prepared(run / "cache", SIZE).masks("test")
+    assert expected.any()
+    moved = shutil.move(run, tmp_path / "moved")
+    assert np.array_equal(data.load_prepared(moved / "cache", SIZE).masks("test"), expected)
+    shutil.rmtree(moved / "CheXpert-v1.0-small")
+    with pytest.raises(FileNotFoundError, match="prepared from is gone: .*CheXpert-v1.0-small"):
+        data.load_prepared(moved / "cache", SIZE).masks("test")

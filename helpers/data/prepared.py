@@ -134,6 +134,11 @@ class PreparedData:
         made the cached images, and are checked against their image file's size where it can be read. Ids
         of a masks file that are not in this split are an audited skip (see :func:`load_masks`).
         """
+        if not self.root.is_dir():  # masks would silently be empty: the folder the cache was made from is gone
+            raise FileNotFoundError(
+                f"The data folder these images were prepared from is gone: {self.root}. Its masks are read from there; "
+                f"run notebooks/01_prepare_data.ipynb again (same CHEXPLAIN_PROFILE), or set CHEXPERT_ROOT back."
+            )
         rows = self.split(name)
         ids = rows["image_id"].tolist()
         size = size or self.images[name].shape[-1]
@@ -214,8 +219,15 @@ def prepare(
     with atomic_path(Path(cache_dir) / "index.csv") as tmp:
         index.to_csv(tmp, index=False)
     with atomic_path(Path(cache_dir) / "root.txt") as tmp:
-        tmp.write_text(str(root))
+        tmp.write_text(_recorded_root(root, Path(cache_dir)))
     return PreparedData(index, images, pd.concat(skipped, ignore_index=True), root)
+
+
+def _recorded_root(root: Path, cache_dir: Path) -> str:
+    """The data folder as ``root.txt`` records it: relative to the cache where both sit in one run folder (a phantom
+    beside its cache), so that the run folder can be moved or copied whole; absolute otherwise (real CheXpert)."""
+    root, run_folder = Path(root).resolve(), Path(cache_dir).resolve().parent
+    return os.path.relpath(root, cache_dir.resolve()) if root.is_relative_to(run_folder) else str(root)
 
 
 def load_prepared(cache_dir: str | os.PathLike, size: int) -> PreparedData:
@@ -231,4 +243,4 @@ def load_prepared(cache_dir: str | os.PathLike, size: int) -> PreparedData:
     skipped = pd.concat(
         [pd.read_csv(cache_dir / f"{name}_{size}.skipped.csv").assign(split=name) for name in SPLITS], ignore_index=True
     )
-    return PreparedData(index, images, skipped, Path((cache_dir / "root.txt").read_text()))
+    return PreparedData(index, images, skipped, (cache_dir / (cache_dir / "root.txt").read_text().strip()).resolve())
