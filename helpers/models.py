@@ -253,8 +253,21 @@ def load_checkpoint(path: str | os.PathLike, **expected) -> tuple[nn.Module, dic
     meta = payload["meta"]
     check_meta(meta, path, **expected)
     model = build_model(meta["arch"], num_classes=len(meta["labels"]))
-    model.load_state_dict(payload["state_dict"])
+    load_weights(model, payload["state_dict"], path)
     return model.eval(), meta
+
+
+def load_weights(model: nn.Module, state_dict: dict, path: str | os.PathLike) -> None:
+    """``model.load_state_dict`` of a checkpoint's weights; weights of another network (a run folder made by an
+    earlier version, whose ``densenet_compact`` had other layers) raise :class:`CheckpointError` naming the file."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"Checkpoint {path} holds the weights of another network than this version builds ({first}): it was made "
+            f"by an earlier chexplain. Remove its run folder (or `make clean`) and train again (notebook 02)."
+        ) from None
 
 
 def meta_mismatches(meta: dict, **expected) -> list[str]:

@@ -334,7 +334,7 @@ def _plain_state(state: dict) -> dict:
 def _restore(path: Path, model, optimizer, scheduler, profile: Profile) -> dict:
     payload = models.read_checkpoint(path)
     models.check_meta(payload["meta"], path, **config.resume_fields(profile))
-    model.load_state_dict(payload["state_dict"])
+    models.load_weights(model, payload["state_dict"], path)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     return dict(payload["state"])

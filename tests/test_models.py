@@ -86,6 +86,17 @@ def test_checkpoint_round_trip_and_mismatches(tmp_path):
         models.load_checkpoint(path, labels=list(labels.COMPETITION))
 
 
+def test_weights_of_another_network_are_refused_with_the_file_name(tmp_path):
+    """A checkpoint of the 32-layer compact DenseNet of earlier versions: same architecture name, other layers."""
+    older = torchvision.models.DenseNet(
+        num_classes=14, growth_rate=16, block_config=(4, 8, 12, 8), num_init_features=32
+    )
+    meta = {"arch": "densenet_compact", "labels": list(labels.PATHOLOGIES), "image_size": 64}
+    path = models.save_checkpoint(tmp_path / "old.pt", models.ExplicitHeadDenseNet(older), meta)
+    with pytest.raises(models.CheckpointError, match=r"old\.pt holds the weights of another network.*make clean"):
+        models.load_checkpoint(path, arch="densenet_compact")
+
+
 def test_corrupt_and_missing_checkpoint(tmp_path):
     path = tmp_path / "c.pt"
     path.write_bytes(b"\x00not a checkpoint")
