@@ -160,8 +160,9 @@ def heatmap_viewer(
     def draw(pathology, image, method, alpha):
         return render_view(images, heatmap_sets[method], image, pathology, codes=codes, masks=masks, alpha=alpha)
 
+    name = _name_label(pathology)  # observed before the redraw: the name changes first
     frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method, "alpha": alpha})
-    return widgets.VBox([_row(pathology, _name_label(pathology), image), _row(method, alpha), frame])
+    return widgets.VBox([_row(pathology, name, image), _row(method, alpha), frame])
 
 
 def _example_sliders(heatmaps: HeatmapSet, start: tuple[int, str] | None) -> tuple:
@@ -381,8 +382,9 @@ def comparison_viewer(
             images, heatmap_sets, [left, right], image, pathology, scores=scores, masks=masks, codes=codes
         )
 
+    name = _name_label(pathology)
     frame = live_figure(draw, {"pathology": pathology, "image": image, "left": left, "right": right})
-    return widgets.VBox([_row(pathology, _name_label(pathology), image), _row(left, right), frame])
+    return widgets.VBox([_row(pathology, name, image), _row(left, right), frame])
 
 
 #: Colour of the spurious marker's contour (the ground truth's is cyan).
@@ -445,5 +447,6 @@ def twin_viewer(
     def draw(pathology, image, method):
         return render_twins(images, maps, method, image, pathology, marker_masks=marker_masks, masks=masks, codes=codes)
 
+    name = _name_label(pathology)
     frame = live_figure(draw, {"pathology": pathology, "image": image, "method": method})
-    return widgets.VBox([_row(pathology, _name_label(pathology), image), method, frame])
+    return widgets.VBox([_row(pathology, name, image), method, frame])

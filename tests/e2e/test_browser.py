@@ -232,7 +232,9 @@ def test_notebook_viewer_in_jupyterlab(lab, page, artifacts, notebook):
         first_name = readout.inner_text()
         handle = pathology.locator(".noUi-handle")
         times = [_timed_redraw(page, lambda: _step(handle), "pathology slider")]
-        assert readout.inner_text() != first_name, "the pathology readout names the new pathology"
+        from playwright.sync_api import expect
+
+        expect(readout).not_to_have_text(first_name, timeout=10_000)  # the label names the new pathology
         image_slider = viewer.locator(".widget-hslider").nth(1)
         assert image_slider.bounding_box()["width"] >= 250, "the image slider keeps its width in a 1024-px window"
         image_handle = image_slider.locator(".noUi-handle")
