@@ -30,7 +30,7 @@ OUTCOME = {1: "better", 0: "not distinguishable", -1: "worse"}
 
 
 def _cell(row: pd.Series, digits: int = 2) -> str:
-    return f"{row['mean']:.{digits}f} ({row['ci_low']:.{digits}f} to {row['ci_high']:.{digits}f})"
+    return _interval(row, "mean", digits)
 
 
 def _difference(row: pd.Series, digits: int = 2) -> str:
