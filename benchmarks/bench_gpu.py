@@ -3,10 +3,11 @@
 What notebooks 01-05 do in the ``paper`` profile (DenseNet-121, 224 px, the paper's batch of 16), run through
 :class:`helpers.run.Run` step by step and timed: decoding into the cache, training steps on synthetic tensors
 against real epochs fed by the DataLoader (the second epoch is the steady state: workers started, cuDNN tuned),
-test prediction with its bootstrap, LRP (seven composites, conservation table, canonization levels), the CAM
-family with Grad-CAM at 2x and 4x, and notebook 05's comparison through :mod:`helpers.study`, the code the
-notebook runs (gradient family, baselines, occlusion, scores, counterfactual deletion / insertion, model and data
-randomisation, bootstrap summaries and paired comparisons). Figures are not drawn. ImageNet weights cannot be
+test prediction with its bootstrap, LRP (the composites, conservation table and canonization levels of notebook
+03), the CAM family with Grad-CAM at 2x and 4x, and notebook 05's comparison through :mod:`helpers.study`, the code
+the notebook runs (gradient family, baselines, occlusion, scores, counterfactual deletion / insertion, model and
+data randomisation, bootstrap summaries and paired comparisons). Methods, sample sizes and checks are the defaults
+of each notebook's parameters cell, read from the notebook. Figures are not drawn. ImageNet weights cannot be
 downloaded here, so a random initialisation stands in (the speed is the same). The phantom is written at
 CheXpert-small's size (``--width`` x ``--height``), or read from ``--data``; as a chexplain phantom it also has
 training masks (the prior baseline) and counterfactual renders, which real CheXpert lacks. Exactly
@@ -20,8 +21,10 @@ Run: ``python benchmarks/bench_gpu.py [--data FOLDER] [--n-train 2000] [--n-vali
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import cProfile
+import json
 import os
 import pstats
 import time
@@ -29,19 +32,29 @@ import time
 import pandas as pd
 import torch
 
-from helpers import config, evaluate, labels, lrp, metrics, models, phantom, study, train
+from helpers import config, evaluate, labels, lrp, metrics, models, paths, phantom, study, train
 from helpers.data.cache import decode_workers
 from helpers.run import Run
 
 CHEXPERT_SMALL_TRAIN = 191_027
-LRP_NAMES = [f"lrp_{c}" for c in lrp.COMPOSITES]
-#: Notebook 04's methods and layers, and notebook 05's defaults (its parameters cell).
-CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "gradcam_2x", "gradcam_4x"]
-COMPARED_CAMS = ["gradcam", "gradcam_2x", "gradcam_4x"]
-GRADIENT_NAMES = study.GRADIENT_METHODS
-BASELINES = ["prior", "random", "edge"]
-FAITHFULNESS_NAMES = ["gradcam", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "gradient_x_input", "prior", "edge"]
-SANITY_NAMES = ["gradcam", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "lrp_deep_taylor", "gradient_x_input"]
+
+
+def notebook_parameters(notebook: str) -> dict:
+    """The values of a notebook's papermill ``parameters`` cell: the benchmark runs the methods, images and checks
+    the notebook runs, read from the notebook itself.
+
+    Read with json and ast rather than ``papermill.inspect_notebook``: the GPU machines have neither papermill
+    nor nbformat, and the cell is plain assignments of literals.
+    """
+    cells = json.loads((paths.NOTEBOOKS_DIR / notebook).read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {
+        target.id: ast.literal_eval(statement.value)
+        for statement in tree.body
+        if isinstance(statement, ast.Assign)
+        for target in statement.targets
+    }
 
 
 class Timer:
@@ -161,51 +174,64 @@ def notebook_02(run: Run, timer: Timer) -> None:
 
 
 def notebook_03(run: Run, timer: Timer) -> None:
+    params = notebook_parameters("03_lrp_zennit.ipynb")
+    composites, n_images = params["composites"], params["n_conservation"]
     model, meta = run.model()
     batch = run.explained()
-    for name in LRP_NAMES:
-        with timer.step("03", f"{name}, 14 pathologies", len(batch)):
-            run.explain(name)
-    with timer.step("03", "conservation table (7 composites x 3 levels, 4 images)", 4 * 21):
-        lrp.conservation_table(model, batch.inputs[:4], list(lrp.COMPOSITES), mean=meta["mean"], std=meta["std"])
+    for composite in composites:
+        with timer.step("03", f"lrp_{composite}, 14 pathologies", len(batch)):
+            run.explain(f"lrp_{composite}")
+    table = f"conservation table ({len(composites)} composites x 3 levels, {n_images} images)"
+    with timer.step("03", table, n_images * 3 * len(composites)):
+        lrp.conservation_table(model, batch.inputs[:n_images], composites, mean=meta["mean"], std=meta["std"])
     with timer.step("03", "canonization levels (3, 4 images)", 12):
         for level in (1, 2, 3):
-            run.explainer("lrp_epsilon_plus_flat", canonization=level).explain(model, batch.inputs[:4])
+            run.explainer(f"lrp_{composites[0]}", canonization=level).explain(model, batch.inputs[:4])
 
 
 def notebook_04(run: Run, timer: Timer) -> None:
+    params = notebook_parameters("04_gradcam.ipynb")
     batch = run.explained()
-    for name in CAM_NAMES:
+    for name in params["methods"] + params["layer_methods"]:
         with timer.step("04", f"{name}, 14 pathologies", len(batch)):
             run.explain(name)
 
 
-def notebook_05(run: Run, timer: Timer, args) -> None:
+def notebook_05(run: Run, timer: Timer) -> None:
+    params = notebook_parameters("05_compare.ipynb")
     model, _ = run.model()
     batch = run.explained()
     patients = dict(zip(batch.image_ids, batch.patients))
-    sets = run.heatmaps(COMPARED_CAMS + LRP_NAMES)
-    for name in GRADIENT_NAMES + study.available_baselines(run, BASELINES) + ["occlusion"]:
+    cams = params["cam_methods"]
+    sets = run.heatmaps(cams + [f"lrp_{c}" for c in params["lrp_composites"]])
+    for name in params["gradient_methods"] + study.available_baselines(run, params["baselines"]) + ["occlusion"]:
         with timer.step("05", f"{name}, 14 pathologies", len(batch)):
             sets[name] = run.explain(name)
     with timer.step("05", f"scores ({len(sets)} methods, every core)", len(batch) * len(sets)):
         scores = study.score_methods(sets, batch)
-    faithful = [m for m in FAITHFULNESS_NAMES if m in sets]
-    with timer.step("05", f"counterfactual deletion / insertion ({len(faithful)} methods)", 48 * len(faithful)):
-        faithfulness = study.counterfactual_faithfulness(run, model, sets, faithful, 48, 20)
-    with timer.step("05", f"shuffled-label model ({args.shuffled_epochs} epochs; training)", 0):
-        run.shuffled_label_model(args.shuffled_epochs, progress=False)
+    faithful, n_pairs = [m for m in params["faithfulness_methods"] if m in sets], params["n_faithfulness"]
+    with timer.step("05", f"counterfactual deletion / insertion ({len(faithful)} methods)", n_pairs * len(faithful)):
+        faithfulness = study.counterfactual_faithfulness(
+            run, model, sets, faithful, n_pairs, params["faithfulness_steps"]
+        )
+    epochs, checked, n_sanity = params["shuffled_epochs"], params["sanity_methods"], params["n_sanity"]
+    with timer.step("05", f"shuffled-label model ({epochs} epochs; training)", 0):
+        run.shuffled_label_model(epochs, progress=False)
     stages = len(model.randomisation_stages())
-    with timer.step("05", f"model + data randomisation ({len(SANITY_NAMES)} methods, {stages} stages)", 8):
-        sanity = metrics.sanity_outcome(study.sanity_checks(run, model, SANITY_NAMES, 8, args.shuffled_epochs))
+    step = f"model + data randomisation ({len(checked)} methods x {n_sanity} images, {stages} stages)"
+    profiler = cProfile.Profile()
+    with timer.step("05", step, n_sanity):
+        sanity = metrics.sanity_outcome(profiler.runcall(study.sanity_checks, run, model, checked, n_sanity, epochs))
+    # where the checks' time goes: explanations on the device against similarities on the cores
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"helpers|parallel.py:\d+\(__call__\)", 14)
     scores = pd.concat([scores, faithfulness], ignore_index=True)
     methods, reference = list(sets), study.reference_method(list(sets))
     with timer.step("05", "bootstrap summaries, paired comparisons, strata", 0):
-        metrics.summarise(scores, n_boot=run.profile.n_boot, patients=patients)
+        metrics.summarise(scores, n_boot=run.profile.n_boot, patients=patients, n_jobs=-1)
         challengers = study.granularity_challengers(methods)
         for pairs, names in (
             ([(m, reference) for m in methods if m != reference], study.LOCALISATION_METRICS),
-            ([(m, cam) for cam in COMPARED_CAMS for m in challengers], study.GRANULARITY_METRICS),
+            ([(m, cam) for cam in cams for m in challengers], study.GRANULARITY_METRICS),
         ):
             metrics.outcome(metrics.compare(scores, pairs, names, run.profile.n_boot, patients=patients))
         study.stratified_summary(batch, sets["gradcam"], scores, run.profile.n_boot, patients)
@@ -222,10 +248,15 @@ def main() -> None:
     parser.add_argument("--n-explain", type=int, default=32)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (the last is the steady state)")
-    parser.add_argument("--shuffled-epochs", type=int, default=2, help="epochs of the shuffled-label model")
     parser.add_argument("--out", help="also write the table as CSV here")
-    parser.add_argument("--smoke", action="store_true", help="compact DenseNet at 64 px: checks the script on a CPU")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="compact DenseNet at 64 px on an 80 x 98 phantom: checks the script on a CPU",
+    )
     args = parser.parse_args()
+    if args.smoke:  # under twice the input's side: the counterfactual renders match the cache (no JPEG draft decode)
+        args.width, args.height = 80, 98
     run = paper_run(args)
     name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else str(run.device)
     print(f"device: {name}; torch {torch.__version__}; run folder {run.root}", flush=True)
@@ -234,7 +265,7 @@ def main() -> None:
     notebook_02(run, timer)
     notebook_03(run, timer)
     notebook_04(run, timer)
-    notebook_05(run, timer, args)
+    notebook_05(run, timer)
     table = pd.DataFrame(timer.rows).assign(device=name)
     report(table, name)
     if args.out:

@@ -111,12 +111,8 @@ def counterfactual_faithfulness(
     batch = run.explained()
     pairs = batch.balanced_pairs(n_pairs, seed=run.profile.seed)
     counterfactual = run.counterfactuals(pairs)
-    tables = [
-        metrics.counterfactual_perturbation_scores(model, batch.inputs, counterfactual, sets[m], pairs, steps=steps)
-        for m in methods
-        if m in sets
-    ]
-    return pd.concat(tables, ignore_index=True)
+    scored = [sets[m] for m in methods if m in sets]
+    return metrics.counterfactual_perturbation_scores(model, batch.inputs, counterfactual, scored, pairs, steps=steps)
 
 
 def sanity_checks(
@@ -125,36 +121,24 @@ def sanity_checks(
     """Adebayo et al.'s checks on the first ``n_images`` explained images: model randomisation, cascading and
     independent, and data randomisation against a model trained ``shuffled_epochs`` on permuted labels.
 
-    The similarities of each mode's stages are computed on ``n_jobs`` processes (default: every core).
-    Returns the similarity rows of :func:`helpers.metrics.model_randomisation` and
-    :func:`helpers.metrics.data_randomisation` (decide with :func:`helpers.metrics.sanity_outcome`).
+    Every method's maps are made first (on the model's device), then the similarities of every method, stage
+    and pair are computed at once on ``n_jobs`` processes (default: every core). Returns the similarity rows of
+    :func:`helpers.metrics.model_randomisation` and :func:`helpers.metrics.data_randomisation` (decide with
+    :func:`helpers.metrics.sanity_outcome`), method by method.
     """
     checked = run.explained().head(n_images)
     shuffled, _ = run.shuffled_label_model(shuffled_epochs)
-    rows = []
-    for name in methods:
-        explainer = run.explainer(name)
-        # the trained maps once, for both randomisation modes
-        pathologies = list(dict.fromkeys(pathology for _, pathology in checked.pairs()))
-        trained = explainer.explain(model, checked.inputs, pathologies, image_ids=checked.image_ids)
-        for mode in ("cascading", "independent"):
-            rows.append(
-                metrics.model_randomisation(
-                    model,
-                    checked.inputs,
-                    explainer,
-                    checked.pairs(),
-                    image_ids=checked.image_ids,
-                    mode=mode,
-                    n_jobs=n_jobs,
-                    trained=trained,
-                )
-            )
-        trained, permuted = (
-            explainer.explain(m, checked.inputs, image_ids=checked.image_ids) for m in (model, shuffled)
-        )
-        rows.append(metrics.data_randomisation(trained, permuted, checked.pairs()))
-    return pd.concat(rows, ignore_index=True)
+    pairs, inputs, ids = checked.pairs(), checked.inputs, checked.image_ids
+    used = [run.explainer(name) for name in methods]
+    # the compared maps only; the trained model's once, for both randomisation modes and the data randomisation
+    trained = [explainer.explain_pairs(model, inputs, pairs, image_ids=ids) for explainer in used]
+    compared = [{} for _ in used]
+    for mode in metrics.RANDOMISATION_MODES:  # each randomised model made once, for every method
+        for maps, stages in zip(compared, metrics.randomised_maps(model, inputs, used, pairs, ids, mode=mode)):
+            maps.update(stages)
+    for explainer, maps in zip(used, compared):
+        maps[metrics.SHUFFLED_LABELS] = explainer.explain_pairs(shuffled, inputs, pairs, image_ids=ids)
+    return metrics.similarity_table(list(zip(trained, compared)), pairs, n_jobs=n_jobs)
 
 
 def stratified_summary(
@@ -165,5 +149,5 @@ def stratified_summary(
     strata = metrics.strata(batch.image_ids, reference.probs, batch.masks, batch.codes, reference.pathologies)
     strata = strata.melt(["image", "pathology"], ["prediction", "mask_size"], var_name="stratum", value_name="level")
     stratified = scores.merge(strata, on=["image", "pathology"])
-    summary = metrics.summarise(stratified, n_boot, patients=patients, by=["stratum", "level"])
+    summary = metrics.summarise(stratified, n_boot, patients=patients, by=["stratum", "level"], n_jobs=-1)
     return summary[summary["pathology"] == "all"]

@@ -193,6 +193,18 @@ def test_cf_curves_reward_the_map_on_what_the_model_uses(spacing):
     assert (good["cf_prob_factual"] > good["cf_prob_counterfactual"] + 0.4).all()
 
 
+def test_cf_curves_of_several_maps_at_once_equal_one_call_per_map():
+    """Scored together, the methods share each pair's random reference and forward passes, not its numbers."""
+    inputs, without = _square_case()
+    pairs = [(0, "Edema"), (1, "Fracture")]
+    sets = [_maps((slice(8, 24), slice(8, 24))), _maps((slice(40, 56), slice(0, 64)))]
+    sets[1].maps[1, labels.PATHOLOGIES.index("Fracture"), 0, 0] = np.nan
+    model, counterfactuals = SquareModel(), without[[i for i, _ in pairs]]
+    together = counterfactual_perturbation_scores(model, inputs, counterfactuals, sets, pairs, steps=12)
+    separate = [counterfactual_perturbation_scores(model, inputs, counterfactuals, s, pairs, steps=12) for s in sets]
+    pd.testing.assert_frame_equal(together, pd.concat(separate, ignore_index=True), rtol=1e-12)
+
+
 def test_cf_curves_are_flat_when_nothing_is_removed_and_nan_for_broken_maps():
     """The case that must come out the other way: a counterfactual equal to the image gives no signal."""
     inputs, _ = _square_case()

@@ -62,6 +62,24 @@ def test_every_explainer_returns_a_named_heatmap_set(model, images, name):
     assert np.allclose(result.probs, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "gradient_x_input", "gradcam", "edge"])
+def test_explaining_pairs_gives_the_maps_of_explain_at_those_pairs_only(model, images, name):
+    """Each row's own class (LRP, gradients: one backward over all rows; CAM: per class) equals the full explain."""
+    explainer = explainers.create(name, batch_size=2)
+    pairs = [(2, "Edema"), (0, "Cardiomegaly"), (0, "Edema"), (1, "Pneumothorax")]
+    chosen = explainer.explain_pairs(model, images, pairs, image_ids=["a", "b", "c"])
+    full = explainer.explain(model, images, ["Cardiomegaly", "Edema", "Pneumothorax"], image_ids=["a", "b", "c"])
+    assert chosen.pathologies == full.pathologies and chosen.image_ids == full.image_ids
+    assert np.allclose(chosen.probs, full.probs, atol=1e-6)
+    explained = np.zeros(chosen.maps.shape[:2], bool)
+    for i, pathology in pairs:
+        j = chosen.pathologies.index(pathology)
+        explained[i, j] = True
+        scale = np.abs(full.maps[i, j]).max()
+        np.testing.assert_allclose(chosen.maps[i, j], full.maps[i, j], atol=1e-4 * scale + 1e-12, rtol=1e-4)
+    assert np.isnan(chosen.maps[~explained]).all() and np.isfinite(chosen.maps[explained]).all()
+
+
 def test_signed_flag_survives_a_round_trip(model, images, tmp_path):
     for name in ("lrp_epsilon_plus_flat", "gradcam"):
         result = explainers.create(name).explain(model, images[:1], ["Edema"])

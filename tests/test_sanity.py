@@ -231,3 +231,43 @@ def test_similarities_on_several_processes_equal_one_process(model, images):
     )
     pd.testing.assert_frame_equal(one, two)
     assert len(one) == len(pairs) * len(model.randomisation_stages()) * len(sanity.SIMILARITIES)
+
+
+def test_one_similarity_table_of_several_comparisons_equals_the_separate_checks(model, images):
+    """The rows study.sanity_checks gets from one parallel call are those of the per-mode and data checks."""
+    explainer = explainers.create("gradient_x_input")
+    pairs = [(0, "Edema"), (2, "Cardiomegaly")]
+    pathologies = ["Cardiomegaly", "Edema"]
+    trained = explainer.explain(model, images, pathologies)
+    other = heatmaps.HeatmapSet(-trained.maps, trained.image_ids, trained.pathologies, trained.method)
+    separate = [
+        sanity.model_randomisation(model, images, explainer, pairs, mode=mode, trained=trained) for mode in sanity.MODES
+    ] + [sanity.data_randomisation(trained, other, pairs)]
+    compared = {}
+    for mode in sanity.MODES:
+        (stages,) = sanity.randomised_maps(model, images, [explainer], pairs, mode=mode)
+        compared.update(stages)
+    compared[sanity.SHUFFLED_LABELS] = other
+    together = sanity.similarity_table([(trained, compared), (other, {"self": other})], pairs, n_jobs=2)
+    expected = pd.concat(separate, ignore_index=True)
+    pd.testing.assert_frame_equal(together.iloc[: len(expected)], expected)
+    assert (together.iloc[len(expected) :]["method"] == other.method).all()
+    assert together.iloc[len(expected) :].query("metric == 'self:spearman'")["value"].tolist() == [1.0, 1.0]
+
+
+def test_randomised_models_made_once_for_several_explainers_give_each_its_own_maps():
+    model, images = ThreeConvs().eval(), torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    pairs = [(0, "Edema"), (1, "Fracture")]
+    for mode in sanity.MODES:
+        together = sanity.randomised_maps(
+            model, images, [LastLayerSpy(), SignTimesInput("sign")], pairs, mode=mode, stages=THREE_STAGES
+        )
+        alone = [
+            sanity.randomised_maps(model, images, [e], pairs, mode=mode, stages=THREE_STAGES)[0]
+            for e in (LastLayerSpy(), SignTimesInput("sign"))
+        ]
+        assert [list(maps) for maps in together] == [[f"{mode}:{s}" for s, _ in THREE_STAGES]] * 2
+        for joint, single in zip(together, alone):
+            for key in joint:
+                np.testing.assert_array_equal(joint[key].maps, single[key].maps)
+        assert not np.array_equal(together[0][f"{mode}:top"].maps, together[1][f"{mode}:top"].maps, equal_nan=True)

@@ -56,6 +56,19 @@ class Explainer:
         """Maps ``(n, len(classes), H, W)`` for ``images`` (on the model's device). Subclasses implement it."""
         raise NotImplementedError
 
+    def attribute_rows(self, model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+        """Maps ``(n, H, W)``: row ``r``'s map for class ``classes[r]`` (on the model's device).
+
+        Here :meth:`attribute` once per distinct class, on that class's rows; methods whose maps come from one
+        backward pass (LRP, the gradient family) override it with one pass over all rows.
+        """
+        maps: list = [None] * len(images)
+        for c in dict.fromkeys(classes):
+            rows = [r for r, k in enumerate(classes) if k == c]
+            for r, heatmap in zip(rows, self.attribute(model, images[rows], [c])[:, 0]):
+                maps[r] = heatmap
+        return torch.stack(maps)
+
     def explain(
         self,
         model: nn.Module,
@@ -84,15 +97,52 @@ class Explainer:
             for start in range(0, len(images), self.batch_size):
                 batch = images[start : start + self.batch_size].to(device)
                 maps.append(to_numpy(self.attribute(model, batch, classes).float()))
-                with torch.no_grad():
-                    probs.append(to_numpy(torch.sigmoid(model(batch)[:, classes].float())))
+                probs.append(_probabilities(model, batch, classes))
+        return self._heatmap_set(np.concatenate(maps), images, image_ids, names, np.concatenate(probs))
+
+    def explain_pairs(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        pairs: Sequence[tuple[int, str]],
+        image_ids: Sequence[str] | None = None,
+    ) -> HeatmapSet:
+        """The maps of ``pairs`` (image index, pathology) only, in a set over the pairs' pathologies whose other
+        maps are NaN: a check that compares a few maps per image (the sanity checks) explains just those.
+
+        The pairs' images go through :meth:`attribute_rows` ``batch_size`` rows at a time; the probabilities are
+        those of every image for the set's pathologies, as in :meth:`explain`.
+        """
+        names = stack_pathologies(list(dict.fromkeys(pathology for _, pathology in pairs)))
+        rows, classes = [i for i, _ in pairs], [labels.PATHOLOGIES.index(p) for _, p in pairs]
+        device = model_device(model)
+        maps = None
+        with frozen_eval(model):
+            for start in range(0, len(pairs), self.batch_size):
+                chunk = slice(start, start + self.batch_size)
+                found = to_numpy(self.attribute_rows(model, images[rows[chunk]].to(device), classes[chunk]).float())
+                if maps is None:
+                    maps = np.full((len(images), len(names), *found.shape[1:]), np.nan, np.float32)
+                for (i, pathology), heatmap in zip(pairs[chunk], found):
+                    maps[i, names.index(pathology)] = heatmap
+            indices = labels.pathology_indices(names)
+            probs = [
+                _probabilities(model, images[start : start + self.batch_size].to(device), indices)
+                for start in range(0, len(images), self.batch_size)
+            ]
+        return self._heatmap_set(maps, images, image_ids, names, np.concatenate(probs))
+
+    def _heatmap_set(self, maps, images, image_ids, names, probs) -> HeatmapSet:
         ids = [str(i) for i in range(len(images))] if image_ids is None else [str(i) for i in image_ids]
-        return HeatmapSet(
-            np.concatenate(maps), ids, names, self.name, dict(self.params), np.concatenate(probs), signed=self.signed
-        )
+        return HeatmapSet(maps, ids, names, self.name, dict(self.params), probs, signed=self.signed)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.params})"
+
+
+def _probabilities(model: nn.Module, batch: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+    with torch.no_grad():
+        return to_numpy(torch.sigmoid(model(batch)[:, classes].float()))
 
 
 def batch_size_for(device: torch.device, image_size: int, default: int, most: int = 64) -> int:

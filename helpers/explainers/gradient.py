@@ -67,14 +67,21 @@ class GradientFamily(Explainer):
         self.normalisation = (tuple(mean), tuple(std))
 
     def attribute(self, model, images, classes):
+        return self._averaged(images, lambda point: _class_gradients(model, point, classes)).transpose(0, 1)
+
+    def attribute_rows(self, model, images, classes):
+        return self._averaged(images, lambda point: _row_gradients(model, point, classes))
+
+    def _averaged(self, images: torch.Tensor, gradients) -> torch.Tensor:
+        """The maps from ``gradients(point)`` (``(..., n, 3, H, W)``) averaged over the method's points."""
         devices = [images.device] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.params.get("seed", 0))
             points = self._points(images)
-            total = sum(_class_gradients(model, point, classes) for point in points) / len(points)
+            total = sum(gradients(point) for point in points) / len(points)
         if self.params["kind"] == "integrated_gradients":
             total = total * (images - self._black(images))
-        return self._reduce(total, images).transpose(0, 1)
+        return self._reduce(total, images)
 
     def _points(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The inputs whose gradients are averaged: zennit's noise samples (the last one noise-free) or path steps."""
@@ -123,6 +130,17 @@ def _class_gradients(model, inputs: torch.Tensor, classes: Sequence[int]) -> tor
     for j, c in enumerate(classes):
         selector[j, :, c] = 1
     (gradients,) = torch.autograd.grad(logits, inputs, grad_outputs=selector, is_grads_batched=True)
+    return gradients
+
+
+def _row_gradients(model, inputs: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Gradients ``(n, 3, H, W)``: row ``r``'s of class ``classes[r]``'s logit, one forward and one backward pass."""
+    inputs = inputs.detach().clone().requires_grad_(True)
+    logits = model(inputs)
+    selector = torch.zeros_like(logits)
+    rows, columns = torch.arange(len(classes), device=logits.device), torch.as_tensor(classes, device=logits.device)
+    selector[rows, columns] = 1
+    (gradients,) = torch.autograd.grad(logits, inputs, grad_outputs=selector)
     return gradients
 
 

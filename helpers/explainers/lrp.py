@@ -151,13 +151,14 @@ class LRP(Explainer):
         self.normalisation = (tuple(mean), tuple(std))
 
     def attribute(self, model, images, classes):
-        composite = make_composite(
-            self.params["composite"],
-            canonizers_for(model, self.params["canonization"]),
-            *self.normalisation,
-            like=images,
-        )
-        return relevance_maps(model, composite, images, classes)[0]
+        return relevance_maps(model, self._composite(model, images), images, classes)[0]
+
+    def attribute_rows(self, model, images, classes):
+        return relevance_rows(model, self._composite(model, images), images, classes)
+
+    def _composite(self, model, images) -> Composite:
+        canonizers = canonizers_for(model, self.params["canonization"])
+        return make_composite(self.params["composite"], canonizers, *self.normalisation, like=images)
 
     def explain(self, model, images, pathologies=None, image_ids=None) -> HeatmapSet:
         result = super().explain(model, images, pathologies, image_ids)
@@ -214,6 +215,19 @@ def relevance_maps(model: nn.Module, composite: Composite, images: torch.Tensor,
         relevance = _output_relevance(logits.detach(), classes)
         (attribution,) = torch.autograd.grad(logits, inputs, grad_outputs=relevance, is_grads_batched=True)
     return attribution.sum(dim=2).transpose(0, 1).detach(), logits.detach()
+
+
+def relevance_rows(model: nn.Module, composite: Composite, images: torch.Tensor, classes: Sequence[int]):
+    """Maps ``(n, H, W)`` in the input's dtype: row ``r``'s relevance for class ``classes[r]``, from one forward and
+    one backward pass (no batching over classes: each row explains one logit). Hooks removed on exit."""
+    with composite.context(model) as hooked:
+        inputs = images.detach().clone().requires_grad_(True)
+        logits = hooked(inputs)
+        rows, columns = torch.arange(len(classes), device=logits.device), torch.as_tensor(classes, device=logits.device)
+        relevance = torch.zeros_like(logits)
+        relevance[rows, columns] = logits.detach()[rows, columns]
+        (attribution,) = torch.autograd.grad(logits, inputs, grad_outputs=relevance)
+    return attribution.sum(dim=1).detach()
 
 
 def _output_relevance(logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:

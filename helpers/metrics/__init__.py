@@ -71,12 +71,18 @@ from helpers.metrics.localisation import (
     separation_rows,
 )
 from helpers.metrics.sanity import (
+    MODES as RANDOMISATION_MODES,
+)
+from helpers.metrics.sanity import (
+    SHUFFLED_LABELS,
     SIMILARITIES,
     cascading_randomisation,
     data_randomisation,
     model_randomisation,
+    randomised_maps,
     rank_correlation,
     sanity_outcome,
+    similarity_table,
 )
 from helpers.metrics.statistics import (
     across_seeds,
@@ -114,6 +120,10 @@ __all__ = [
     "sanity_outcome",
     "model_randomisation",
     "data_randomisation",
+    "randomised_maps",
+    "similarity_table",
+    "RANDOMISATION_MODES",
+    "SHUFFLED_LABELS",
     "SIMILARITIES",
     "outcome",
     "holm",

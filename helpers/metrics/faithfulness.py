@@ -81,7 +81,7 @@ def perturbation_scores(
         if not np.isfinite(values).all():
             rows += [(heatmaps.image_ids[i], pathology, heatmaps.method, name, np.nan) for name in _CURVES]
             continue
-        curves = _curves(model, inputs[i], baseline[i], _map_order(values, rng), fractions, k, batch_size)
+        (curves,) = _curves(model, inputs[i], baseline[i], [_map_order(values, rng)], fractions, k, batch_size)
         for name, curve in zip(_CURVES, curves):
             area = float(np.trapezoid(curve, fractions))
             rows.append((heatmaps.image_ids[i], pathology, heatmaps.method, name, area))
@@ -92,7 +92,7 @@ def counterfactual_perturbation_scores(
     model: nn.Module,
     inputs: torch.Tensor,
     counterfactual_inputs: torch.Tensor,
-    heatmaps: HeatmapSet,
+    heatmaps: HeatmapSet | Sequence[HeatmapSet],
     pairs: Sequence[tuple[int, str]],
     steps: int = 50,
     spacing: str = "log",
@@ -118,8 +118,9 @@ def counterfactual_perturbation_scores(
         The explained images, rows aligned with ``heatmaps.image_ids``; moved to the model's device.
     counterfactual_inputs : tensor ``(len(pairs), C, H, W)``
         One row per pair: that pair's image without its pathology's finding, normalised like ``inputs``.
-    heatmaps : HeatmapSet
-        One method's maps of ``inputs``.
+    heatmaps : HeatmapSet or sequence of HeatmapSet
+        One method's maps of ``inputs``, or several methods' (each pair's random reference and endpoints are then
+        computed once and all its curves share forward passes; the rows are the same as one call per method).
     pairs : sequence of (image index, pathology)
         The maps to score.
     steps : int
@@ -137,7 +138,8 @@ def counterfactual_perturbation_scores(
     Returns
     -------
     DataFrame
-        Columns ``image, pathology, method, metric, value``; per pair the metrics ``cf_deletion_auc``,
+        Columns ``image, pathology, method, metric, value``, method by method in the order given; per pair the
+        metrics ``cf_deletion_auc``,
         ``cf_insertion_auc`` (the map's order; NaN for a map with inf or NaN), ``cf_deletion_random_auc``,
         ``cf_insertion_random_auc`` (a seeded random pixel order: the reference a map must beat) and
         ``cf_prob_factual``, ``cf_prob_counterfactual`` (the probability with and without the finding,
@@ -160,14 +162,14 @@ def counterfactual_perturbation_scores(
     inputs, counterfactual_inputs = inputs.to(device), counterfactual_inputs.to(device)
     _check_counterfactuals(inputs, counterfactual_inputs, pairs)
     fractions = _fractions(steps, spacing)
+    sets = [heatmaps] if isinstance(heatmaps, HeatmapSet) else list(heatmaps)
     model.eval()
-    rows = []
+    rows = {m: [] for m in range(len(sets))}
     for p, (i, pathology) in enumerate(pairs):
-        areas = _cf_areas(
-            model, inputs[i], counterfactual_inputs[p], heatmaps, i, pathology, fractions, seed, batch_size
-        )
-        rows += [(heatmaps.image_ids[i], pathology, heatmaps.method, name, value) for name, value in areas.items()]
-    return pd.DataFrame(rows, columns=COLUMNS)
+        per_set = _cf_areas(model, inputs[i], counterfactual_inputs[p], sets, i, pathology, fractions, seed, batch_size)
+        for m, areas in enumerate(per_set):
+            rows[m] += [(sets[m].image_ids[i], pathology, sets[m].method, name, value) for name, value in areas.items()]
+    return pd.DataFrame([row for m in rows for row in rows[m]], columns=COLUMNS)
 
 
 def _check_counterfactuals(inputs: torch.Tensor, counterfactual_inputs: torch.Tensor, pairs: Sequence) -> None:
@@ -187,18 +189,31 @@ def _fractions(steps: int, spacing: str) -> np.ndarray:
     raise ValueError(f"spacing must be 'log' or 'linear' with steps >= {MIN_LINEAR_STEPS}; got {spacing!r}, {steps}.")
 
 
-def _cf_areas(model, image, counterfactual, heatmaps, i, pathology, fractions, seed, batch_size) -> dict[str, float]:
-    """One pair's metrics of :func:`counterfactual_perturbation_scores`, by name."""
-    j, k = heatmaps.pathologies.index(pathology), labels.PATHOLOGIES.index(pathology)
-    values = heatmaps.maps[i, j].ravel()
-    rng = np.random.default_rng((seed, i, k))
-    random = _curves(model, image, counterfactual, rng.permutation(values.size), fractions, k, batch_size)
-    mapped = (np.full(len(fractions), np.nan),) * 2
-    if np.isfinite(values).all():
-        mapped = _curves(model, image, counterfactual, _map_order(values, rng), fractions, k, batch_size)
-    areas = [float(np.trapezoid(curve, fractions)) for curve in (*mapped, *random)]
+def _cf_areas(model, image, counterfactual, sets, i, pathology, fractions, seed, batch_size) -> list[dict[str, float]]:
+    """One pair's metrics of :func:`counterfactual_perturbation_scores` for each set, by name.
+
+    The random order and every map's order go through the model in shared forward passes; each map's tie order
+    draws from the pair's generator after the random permutation, as if the pair were scored for that map alone.
+    """
+    k = labels.PATHOLOGIES.index(pathology)
+    size = image[0].numel()
+    orders, finite = [np.random.default_rng((seed, i, k)).permutation(size)], []
+    for heatmaps in sets:
+        values = heatmaps.maps[i, heatmaps.pathologies.index(pathology)].ravel()
+        finite.append(bool(np.isfinite(values).all()))
+        if finite[-1]:
+            rng = np.random.default_rng((seed, i, k))
+            rng.permutation(size)  # the state a single-map call leaves for the tie order
+            orders.append(_map_order(values, rng))
+    curves = iter(_curves(model, image, counterfactual, orders, fractions, k, batch_size))
+    random = next(curves)
+    random_areas = [float(np.trapezoid(curve, fractions)) for curve in random]
     endpoints = [float(random[0][0]), float(random[0][-1])]  # deletion from the image to the counterfactual
-    return dict(zip((*_CF_CURVES, *_CF_RANDOM, *_CF_ENDPOINTS), areas + endpoints))
+    per_set = []
+    for ok in finite:
+        mapped = [float(np.trapezoid(curve, fractions)) for curve in next(curves)] if ok else [np.nan, np.nan]
+        per_set.append(dict(zip((*_CF_CURVES, *_CF_RANDOM, *_CF_ENDPOINTS), mapped + random_areas + endpoints)))
+    return per_set
 
 
 def _map_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -206,16 +221,18 @@ def _map_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.lexsort((rng.random(values.size), -values))
 
 
-def _curves(model, image, replacement, order, fractions, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deletion and insertion curves of one image: probability of class ``k`` at each fraction of ``order``.
+def _curves(model, image, replacement, orders, fractions, k: int, batch_size: int) -> list[tuple[np.ndarray, ...]]:
+    """Deletion and insertion curves of one image for each pixel order in ``orders``: the probability of class
+    ``k`` at each fraction, every curve's images through the model in shared batches.
 
     Deletion puts ``replacement`` on the top fraction of pixels; insertion puts ``image`` there on ``replacement``.
     """
-    revealed = _top_fraction_masks(order, fractions, image.shape[-2:], image.device)
-    deleted = torch.where(revealed, replacement, image)
-    inserted = torch.where(revealed, image, replacement)
-    probs = _probabilities(model, torch.cat([deleted, inserted]), k, batch_size)
-    return probs[: len(fractions)], probs[len(fractions) :]
+    perturbed = []
+    for order in orders:
+        revealed = _top_fraction_masks(order, fractions, image.shape[-2:], image.device)
+        perturbed += [torch.where(revealed, replacement, image), torch.where(revealed, image, replacement)]
+    probs = _probabilities(model, torch.cat(perturbed), k, batch_size).reshape(len(orders), 2, len(fractions))
+    return [(deletion, insertion) for deletion, insertion in probs]
 
 
 def _top_fraction_masks(order: np.ndarray, fractions: np.ndarray, shape, device: torch.device) -> torch.Tensor:

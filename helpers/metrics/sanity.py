@@ -11,7 +11,7 @@ scores into a structured verdict per method, mode, stage and similarity.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,8 @@ from helpers.metrics.base import COLUMNS
 
 #: How :func:`model_randomisation` re-initialises the stages.
 MODES = ("cascading", "independent")
+#: The metric prefix of :func:`data_randomisation`'s rows (the model trained on shuffled labels).
+SHUFFLED_LABELS = "data:shuffled_labels"
 #: HOG parameters of :func:`hog_similarity`: 8 x 8 px cells, 2 x 2 cell blocks (maps of at least 16 px a side;
 #: 7 x 7 blocks at 64 px, 15 x 15 at 128 px), 9 unsigned orientation bins, L2-Hys block normalisation.
 HOG_PARAMS = {"orientations": 9, "pixels_per_cell": (8, 8), "cells_per_block": (2, 2), "block_norm": "L2-Hys"}
@@ -168,8 +170,8 @@ def model_randomisation(
     inputs : tensor
         The explained images.
     explainer : Explainer
-        Explains ``inputs`` with the trained model and once per stage with the randomised model (all pairs in
-        one call, for the pathologies named in ``pairs``).
+        Explains the maps of ``pairs`` (:meth:`~helpers.explainers.Explainer.explain_pairs`) with the trained
+        model and once per stage with the randomised model.
     pairs : sequence of (image index, pathology)
         The maps to compare.
     image_ids : sequence of str, optional
@@ -187,8 +189,8 @@ def model_randomisation(
         Processes computing the similarities (joblib; -1: every core). Every stage is explained first, on the
         model's device; the similarities (HOG and SSIM of every pair) are CPU work that a GPU would wait on.
     trained : HeatmapSet, optional
-        The trained model's maps of ``inputs`` for the pathologies named in ``pairs`` (in their order), when the
-        caller already has them (both modes compare against the same maps); explained here otherwise.
+        The trained model's maps of ``inputs`` holding at least the maps of ``pairs``, when the caller already has
+        them (both modes compare against the same maps); explained here otherwise.
 
     Returns
     -------
@@ -199,18 +201,84 @@ def model_randomisation(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    stages = _checked_stages(model, stages)
-    pathologies = list(dict.fromkeys(pathology for _, pathology in pairs))
+    stages = _checked_stages(model, stages)  # before any explanation
     if trained is None:
-        trained = explainer.explain(model, inputs, pathologies, image_ids=image_ids)
-    explained = [
-        (stage, explainer.explain(randomised, inputs, pathologies, image_ids=image_ids))
-        for stage, randomised in _randomised_models(model, stages, mode, seed)
+        trained = explainer.explain_pairs(model, inputs, pairs, image_ids=image_ids)
+    (explained,) = randomised_maps(model, inputs, [explainer], pairs, image_ids, seed, mode=mode, stages=stages)
+    return similarity_table([(trained, explained)], pairs, n_jobs=n_jobs)
+
+
+def randomised_maps(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    explainers: Sequence[Explainer],
+    pairs: Sequence[tuple[int, str]],
+    image_ids: Sequence[str] | None = None,
+    seed: int = 0,
+    *,
+    mode: str = "cascading",
+    stages: Sequence[tuple[str, Sequence[str]]] | None = None,
+) -> list[dict[str, HeatmapSet]]:
+    """Per explainer, the maps of ``pairs`` (:meth:`~helpers.explainers.Explainer.explain_pairs`) of
+    :func:`model_randomisation`'s randomised models, keyed ``f"{mode}:{stage}"`` in stage order.
+
+    Each randomised model is made once and explained by every explainer (re-initialising a DenseNet-121 on a
+    GPU took longer than explaining it). Other parameters as in :func:`model_randomisation`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    maps: list[dict[str, HeatmapSet]] = [{} for _ in explainers]
+    for stage, randomised in _randomised_models(model, _checked_stages(model, stages), mode, seed):
+        for explainer, explained in zip(explainers, maps):
+            explained[f"{mode}:{stage}"] = explainer.explain_pairs(randomised, inputs, pairs, image_ids=image_ids)
+    return maps
+
+
+def similarity_table(
+    comparisons: Sequence[tuple[HeatmapSet, Mapping[str, HeatmapSet]]],
+    pairs: Sequence[tuple[int, str]],
+    n_jobs: int = 1,
+) -> pd.DataFrame:
+    """Every similarity of :data:`SIMILARITIES` between a reference map and the same pair's map in other sets.
+
+    Parameters
+    ----------
+    comparisons : sequence of (reference, compared)
+        Per comparison the reference set (e.g. the trained model's maps; its ``method`` fills the ``method``
+        column) and a mapping from a metric prefix (e.g. ``"cascading:dense4"``) to a set of the same images
+        and pathologies (e.g. a randomised model's maps).
+    pairs : sequence of (image index, pathology)
+        The maps to compare.
+    n_jobs : int
+        Processes (joblib; -1: every core). The work is split by comparison and pair, so each process gets one
+        pair's maps only, and an explainer's comparisons of every stage and mode can run at once.
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`~helpers.metrics.base.COLUMNS`, metric ``f"{prefix}:{similarity}"``; comparison by
+        comparison, then prefix by prefix, pair by pair.
+    """
+    tasks = [
+        (reference, list(compared.items()), i, pathology)
+        for reference, compared in comparisons
+        for i, pathology in pairs
     ]
-    per_stage = Parallel(n_jobs=n_jobs)(
-        delayed(_similarity_rows)(trained, maps, pairs, f"{mode}:{stage}") for stage, maps in explained
+    values = Parallel(n_jobs=n_jobs)(
+        delayed(_pair_similarities)(
+            _map_of(reference, i, pathology), [_map_of(maps, i, pathology) for _, maps in compared]
+        )
+        for reference, compared, i, pathology in tasks
     )
-    return pd.DataFrame([row for rows in per_stage for row in rows], columns=COLUMNS)
+    rows, n_pairs = [], len(pairs)
+    for c, (reference, compared) in enumerate(comparisons):
+        for s, (prefix, _) in enumerate(compared.items()):
+            for p, (i, pathology) in enumerate(pairs):
+                rows += [
+                    (reference.image_ids[i], pathology, reference.method, f"{prefix}:{name}", value)
+                    for name, value in zip(SIMILARITIES, values[c * n_pairs + p][s])
+                ]
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def cascading_randomisation(
@@ -259,7 +327,7 @@ def data_randomisation(trained: HeatmapSet, other: HeatmapSet, pairs: Sequence[t
         differences.append(f"map size: {trained.maps.shape[2:]} vs {other.maps.shape[2:]}")
     if differences:
         raise ValueError(f"Data randomisation needs maps of the same images; the sets differ in {differences}.")
-    return pd.DataFrame(_similarity_rows(trained, other, pairs, "data:shuffled_labels"), columns=COLUMNS)
+    return similarity_table([(trained, {SHUFFLED_LABELS: other})], pairs)
 
 
 def sanity_outcome(sanity_scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
@@ -321,13 +389,13 @@ def _randomised_models(model: nn.Module, stages, mode: str, seed: int) -> Iterat
         yield stage, randomised
 
 
-def _similarity_rows(first: HeatmapSet, second: HeatmapSet, pairs, prefix: str) -> list[tuple]:
-    rows = []
-    for i, pathology in pairs:
-        a, b = first.maps[i, first.pathologies.index(pathology)], second.maps[i, second.pathologies.index(pathology)]
-        for name, similarity in SIMILARITIES.items():
-            rows.append((first.image_ids[i], pathology, first.method, f"{prefix}:{name}", similarity(a, b)))
-    return rows
+def _map_of(heatmaps: HeatmapSet, i: int, pathology: str) -> np.ndarray:
+    return heatmaps.maps[i, heatmaps.pathologies.index(pathology)]
+
+
+def _pair_similarities(reference: np.ndarray, others: Sequence[np.ndarray]) -> list[list[float]]:
+    """Per map in ``others``, its :data:`SIMILARITIES` with ``reference`` (in that order)."""
+    return [[similarity(reference, other) for similarity in SIMILARITIES.values()] for other in others]
 
 
 def _reset_parameters(module: nn.Module) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
@@ -51,29 +52,37 @@ def summarise(
     pooled: bool = True,
     patients: Mapping[str, str] | None = None,
     by: Sequence[str] = (),
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
     """Mean and bootstrap 95% CI per method x pathology x metric (and the ``by`` columns of ``scores``).
 
     With ``pooled``, adds pathology ``"all"`` per method x metric: each image's values are averaged first.
     With ``patients`` (image id -> patient id) the CI resamples patients, else images. NaN values (undefined
-    scores) are left out; ``n`` counts the values used and ``n_patients`` their patients.
+    scores) are left out; ``n`` counts the values used and ``n_patients`` their patients. The methods are
+    summarised on ``n_jobs`` processes (joblib; -1: every core); the rows come in the order their keys first
+    appear in ``scores``, whatever ``n_jobs``.
     """
+    keys = [*KEYS, *by]
     scores = _with_pooled(scores, list(by)) if pooled else scores.dropna(subset=["value"])
+    per_method = Parallel(n_jobs=n_jobs)(
+        delayed(_summary_rows)(group, keys, n_boot, seed, patients) for _, group in scores.groupby("method", sort=False)
+    )
+    order = scores[keys].drop_duplicates()
+    return order.merge(pd.DataFrame([row for rows in per_method for row in rows], columns=[*keys, *SUMMARY]), on=keys)
+
+
+#: The columns :func:`summarise` adds to its keys.
+SUMMARY = ["mean", "ci_low", "ci_high", "n", "n_patients"]
+
+
+def _summary_rows(scores: pd.DataFrame, keys: list[str], n_boot: int, seed: int, patients) -> list[tuple]:
+    """:func:`summarise`'s rows of ``scores`` (one method's), as tuples of ``keys`` and :data:`SUMMARY`."""
     rows = []
-    for key, group in scores.groupby([*KEYS, *by], sort=False):
+    for key, group in scores.groupby(keys, sort=False):
         clusters = _clusters(group["image"], patients)
         low, high = bootstrap_ci(group["value"].to_numpy(), n_boot, seed, clusters=clusters)
-        rows.append(
-            {
-                **dict(zip([*KEYS, *by], key)),
-                "mean": group["value"].mean(),
-                "ci_low": low,
-                "ci_high": high,
-                "n": len(group),
-                "n_patients": len(set(clusters)),
-            }
-        )
-    return pd.DataFrame(rows)
+        rows.append((*key, group["value"].mean(), low, high, len(group), len(set(clusters))))
+    return rows
 
 
 def _clusters(images: pd.Series, patients: Mapping[str, str] | None) -> list:
@@ -97,15 +106,24 @@ def paired_differences(
     n_boot: int = 1000,
     seed: int = 0,
     patients: Mapping[str, str] | None = None,
+    pathologies: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Mean of ``a - b`` over the maps both methods scored, per pathology x metric, with CI and p-value.
 
     Differences are taken per (image, pathology) first, where both methods have a value; pathology ``"all"``
     then averages each image's differences, so both methods are always compared on the same maps. The CI
     resamples patients (with ``patients``) or images; ``p_value`` is the two-sided Wilcoxon signed-rank test of
-    the per-patient (or per-image) mean differences, uncorrected (see :func:`compare`).
+    the per-patient (or per-image) mean differences, uncorrected (see :func:`compare`). ``pathologies`` limits
+    the rows (e.g. ``["all"]``; default every pathology and ``"all"``).
     """
-    difference = _with_pooled_differences(_per_map_differences(scores, method_a, method_b))
+    return _paired_rows(_wide_scores(scores), method_a, method_b, n_boot, seed, patients, pathologies)
+
+
+def _paired_rows(wide, method_a, method_b, n_boot, seed, patients, pathologies) -> pd.DataFrame:
+    """:func:`paired_differences` from the scores already pivoted to one column per method."""
+    difference = _with_pooled_differences(_per_map_differences(wide, method_a, method_b))
+    if pathologies is not None:
+        difference = difference[difference["pathology"].isin(pathologies)]
     rows = []
     for (pathology, metric), group in difference.groupby(["pathology", "metric"], sort=False):
         clusters = _clusters(group["image"], patients)
@@ -137,12 +155,16 @@ def _signed_rank_p(differences: np.ndarray) -> float:
     return float(stats.wilcoxon(differences, zero_method="zsplit").pvalue)
 
 
-def _per_map_differences(scores: pd.DataFrame, method_a: str, method_b: str) -> pd.DataFrame:
-    """``pathology, metric, image, difference``: ``a - b`` where both methods scored the same map."""
+def _wide_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """NaN-free scores with one column per method, indexed by ``pathology, metric, image``."""
     scores = scores.dropna(subset=["value"])
-    wide = scores.pivot_table(index=["pathology", "metric", "image"], columns="method", values="value")
+    return scores.pivot_table(index=["pathology", "metric", "image"], columns="method", values="value")
+
+
+def _per_map_differences(wide: pd.DataFrame, method_a: str, method_b: str) -> pd.DataFrame:
+    """``pathology, metric, image, difference``: ``a - b`` where both methods scored the same map."""
     if method_a not in wide or method_b not in wide:
-        raise ValueError(f"Both methods must be in the scores; have {sorted(scores['method'].unique())}.")
+        raise ValueError(f"Both methods must be in the scores; have {sorted(wide.columns)}.")
     return (wide[method_a] - wide[method_b]).dropna().rename("difference").reset_index()
 
 
@@ -167,9 +189,10 @@ def compare(
     The family corrected together is every row returned (all pairs x metrics at ``pathology``); ``p_holm`` is
     the corrected p-value. NaN p-values (too few patients) stay NaN and are left out of the family.
     """
-    scores = scores[scores["metric"].isin(metric_names)]  # bootstrap only what the table reports
-    table = pd.concat([paired_differences(scores, a, b, n_boot, seed, patients) for a, b in pairs], ignore_index=True)
-    table = table[(table["pathology"] == pathology) & table["metric"].isin(metric_names)].reset_index(drop=True)
+    wide = _wide_scores(scores[scores["metric"].isin(metric_names)])  # bootstrap only what the table reports
+    table = pd.concat(
+        [_paired_rows(wide, a, b, n_boot, seed, patients, [pathology]) for a, b in pairs], ignore_index=True
+    )
     return table.assign(p_holm=holm(table["p_value"].to_numpy()))
 
 
