@@ -30,8 +30,9 @@ One job per module, every public name re-exported here:
 - :mod:`~helpers.metrics.tables`: results tables and structured outcomes (:func:`outcome`); no prose.
 """
 
+import importlib
+
 from helpers.metrics.base import COLUMNS, positive_part
-from helpers.metrics.faithfulness import blurred_baseline, counterfactual_perturbation_scores, perturbation_scores
 from helpers.metrics.granularity import (
     PARTS,
     SINGLE_MAP,
@@ -41,15 +42,6 @@ from helpers.metrics.granularity import (
     resolution_gap,
     resolution_px,
     separation,
-)
-from helpers.metrics.known_truth import (
-    auroc_with_ci,
-    detection_auroc,
-    logit_changes,
-    logits,
-    map_shift,
-    region_scores,
-    use_correlation,
 )
 from helpers.metrics.localisation import (
     TIES,
@@ -70,20 +62,7 @@ from helpers.metrics.localisation import (
     score,
     separation_rows,
 )
-from helpers.metrics.sanity import (
-    MODES as RANDOMISATION_MODES,
-)
-from helpers.metrics.sanity import (
-    SHUFFLED_LABELS,
-    SIMILARITIES,
-    cascading_randomisation,
-    data_randomisation,
-    model_randomisation,
-    randomised_maps,
-    rank_correlation,
-    sanity_outcome,
-    similarity_table,
-)
+from helpers.metrics.similarity import SIMILARITIES, rank_correlation
 from helpers.metrics.statistics import (
     across_seeds,
     bootstrap_ci,
@@ -96,6 +75,55 @@ from helpers.metrics.statistics import (
     summarise,
 )
 from helpers.metrics.tables import BETTER, against_reference, outcome, results_table
+
+#: The names from the modules that need torch and the explainers (faithfulness, sanity, known truth), imported on
+#: first use (PEP 562): the processes that score maps and summarise tables in parallel import this package, and
+#: started in about 8 s with them (torch, zennit, pytorch-grad-cam) instead of about 2 s.
+_LAZY = {
+    **{
+        name: ("faithfulness", name)
+        for name in ("blurred_baseline", "counterfactual_perturbation_scores", "perturbation_scores")
+    },
+    **{
+        name: ("known_truth", name)
+        for name in (
+            "auroc_with_ci",
+            "detection_auroc",
+            "logit_changes",
+            "logits",
+            "map_shift",
+            "region_scores",
+            "use_correlation",
+        )
+    },
+    **{
+        name: ("sanity", name)
+        for name in (
+            "SHUFFLED_LABELS",
+            "cascading_randomisation",
+            "data_randomisation",
+            "model_randomisation",
+            "randomised_maps",
+            "sanity_outcome",
+            "similarity_table",
+        )
+    },
+    "RANDOMISATION_MODES": ("sanity", "MODES"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    globals()[name] = value  # later lookups find it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "auroc_with_ci",

@@ -30,7 +30,7 @@ from helpers.explainers import model_device
 from helpers.heatmaps import HeatmapSet
 from helpers.metrics.base import COLUMNS
 from helpers.metrics.localisation import hit, mass_accuracy, rank_accuracy
-from helpers.metrics.sanity import spearman_abs
+from helpers.metrics.similarity import spearman_abs
 from helpers.tensors import to_numpy
 
 

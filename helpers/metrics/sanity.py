@@ -11,125 +11,33 @@ scores into a structured verdict per method, mode, stage and similarity.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from joblib import Parallel, delayed
-from scipy import stats
-from skimage.feature import hog
-from skimage.metrics import structural_similarity
 from torch import nn
 
 from helpers.explainers import Explainer
-from helpers.heatmaps import HeatmapSet, normalise
+from helpers.heatmaps import HeatmapSet
 from helpers.metrics.base import COLUMNS
+from helpers.metrics.similarity import (  # noqa: F401  (re-exported: the checks' similarities)
+    HOG_PARAMS,
+    SIMILARITIES,
+    hog_similarity,
+    pair_similarities,
+    rank_correlation,
+    spearman,
+    spearman_abs,
+    ssim,
+    ssim_abs,
+)
 
 #: How :func:`model_randomisation` re-initialises the stages.
 MODES = ("cascading", "independent")
 #: The metric prefix of :func:`data_randomisation`'s rows (the model trained on shuffled labels).
 SHUFFLED_LABELS = "data:shuffled_labels"
-#: HOG parameters of :func:`hog_similarity`: 8 x 8 px cells, 2 x 2 cell blocks (maps of at least 16 px a side;
-#: 7 x 7 blocks at 64 px, 15 x 15 at 128 px), 9 unsigned orientation bins, L2-Hys block normalisation.
-HOG_PARAMS = {"orientations": 9, "pixels_per_cell": (8, 8), "cells_per_block": (2, 2), "block_norm": "L2-Hys"}
-
-
-def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
-    """Spearman correlation of two maps; 0 when either is constant (it has no structure left to share)."""
-    if np.ptp(first) == 0 or np.ptp(second) == 0:
-        return 0.0
-    return float(stats.spearmanr(first.ravel(), second.ravel()).statistic)
-
-
-def spearman(first: np.ndarray, second: np.ndarray) -> float:
-    """Spearman rank correlation of two signed maps.
-
-    Parameters
-    ----------
-    first, second : numpy.ndarray
-        2-D maps of the same shape.
-
-    Returns
-    -------
-    float
-        In [-1, 1]; a map against its negative gives -1. 0 when either map is constant, NaN when either holds
-        inf or NaN.
-    """
-    if not _finite(first, second):
-        return float("nan")
-    return rank_correlation(np.asarray(first, np.float64), np.asarray(second, np.float64))
-
-
-def spearman_abs(first: np.ndarray, second: np.ndarray) -> float:
-    """:func:`spearman` of ``|first|`` and ``|second|``: blind to the sign (a map against its negative gives 1)."""
-    return spearman(np.abs(first), np.abs(second))
-
-
-def ssim(first: np.ndarray, second: np.ndarray) -> float:
-    """Structural similarity of the two maps, each min-max scaled to [0, 1] (``data_range=1``).
-
-    scikit-image's :func:`~skimage.metrics.structural_similarity` with its defaults (7 x 7 uniform window).
-    Min-max scaling keeps the sign's order, so a map against its negative scores low, as against an unrelated map.
-
-    Parameters
-    ----------
-    first, second : numpy.ndarray
-        2-D maps of the same shape, at least 7 px a side.
-
-    Returns
-    -------
-    float
-        In [-1, 1]; 1 for identical maps. 0 when either map is constant (it has no structure to compare),
-        NaN when either holds inf or NaN.
-    """
-    if not _finite(first, second):
-        return float("nan")
-    if np.ptp(first) == 0 or np.ptp(second) == 0:
-        return 0.0
-    return float(structural_similarity(_scaled(first), _scaled(second), data_range=1.0))
-
-
-def ssim_abs(first: np.ndarray, second: np.ndarray) -> float:
-    """:func:`ssim` of ``|R|``: blind to a sign flip of the whole map (Adebayo et al. report both)."""
-    return ssim(np.abs(first), np.abs(second))
-
-
-def hog_similarity(first: np.ndarray, second: np.ndarray) -> float:
-    """Pearson correlation of the HOG descriptors of the two maps, each min-max scaled to [0, 1].
-
-    Descriptors from :func:`skimage.feature.hog` with :data:`HOG_PARAMS`. The orientations are unsigned, so
-    the descriptor of ``1 - map`` (the scaled negative) equals that of ``map``: HOG is blind to a sign flip.
-
-    Parameters
-    ----------
-    first, second : numpy.ndarray
-        2-D maps of the same shape, at least 16 px a side.
-
-    Returns
-    -------
-    float
-        In [-1, 1]; 1 for identical maps. 0 when either map or either descriptor is constant, NaN when either
-        map holds inf or NaN.
-    """
-    if not _finite(first, second):
-        return float("nan")
-    if np.ptp(first) == 0 or np.ptp(second) == 0:
-        return 0.0
-    a, b = (hog(_scaled(m), feature_vector=True, **HOG_PARAMS) for m in (first, second))
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(stats.pearsonr(a, b).statistic)
-
-
-#: Every similarity the sanity checks report, by the name used in the ``metric`` column.
-SIMILARITIES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "spearman": spearman,
-    "spearman_abs": spearman_abs,
-    "ssim": ssim,
-    "ssim_abs": ssim_abs,
-    "hog": hog_similarity,
-}
 #: The similarity whose mean decides :func:`sanity_outcome`'s ``passes`` for each reported similarity.
 DECIDED_BY = {
     "spearman": "spearman_abs",
@@ -138,14 +46,6 @@ DECIDED_BY = {
     "ssim_abs": "ssim_abs",
     "hog": "hog",
 }
-
-
-def _finite(*maps: np.ndarray) -> bool:
-    return all(np.isfinite(m).all() for m in maps)
-
-
-def _scaled(heatmap: np.ndarray) -> np.ndarray:
-    return normalise(np.asarray(heatmap, np.float64)).astype(np.float64)
 
 
 def model_randomisation(
@@ -265,7 +165,7 @@ def similarity_table(
         for i, pathology in pairs
     ]
     values = Parallel(n_jobs=n_jobs)(
-        delayed(_pair_similarities)(
+        delayed(pair_similarities)(
             _map_of(reference, i, pathology), [_map_of(maps, i, pathology) for _, maps in compared]
         )
         for reference, compared, i, pathology in tasks
@@ -391,11 +291,6 @@ def _randomised_models(model: nn.Module, stages, mode: str, seed: int) -> Iterat
 
 def _map_of(heatmaps: HeatmapSet, i: int, pathology: str) -> np.ndarray:
     return heatmaps.maps[i, heatmaps.pathologies.index(pathology)]
-
-
-def _pair_similarities(reference: np.ndarray, others: Sequence[np.ndarray]) -> list[list[float]]:
-    """Per map in ``others``, its :data:`SIMILARITIES` with ``reference`` (in that order)."""
-    return [[similarity(reference, other) for similarity in SIMILARITIES.values()] for other in others]
 
 
 def _reset_parameters(module: nn.Module) -> None:
