@@ -137,6 +137,19 @@ def normalise(maps: np.ndarray, mode: str = "minmax", positive_only: bool = Fals
     return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
 
 
+def to_original_size(heatmap: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A map resized to the original image's ``(h, w)`` as CheXlocalize resizes its maps before it segments or
+    points: bilinear with half-pixel centres in float32 (``torch.nn.functional.interpolate``,
+    ``align_corners=False``), so that scores at the original resolution are CheXlocalize's own (tested on its
+    public sample). The map covers the whole image, stretched as the network's input was.
+    """
+    import torch  # here only: the processes that score maps import this module and need no torch
+
+    tensor = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None, None]
+    resized = torch.nn.functional.interpolate(tensor, size=tuple(int(v) for v in shape), mode="bilinear")
+    return resized[0, 0].numpy()
+
+
 def stack_pathologies(names: Sequence[str] | None) -> list[str]:
     """Validated pathology list (all 14 when ``None``), in :data:`helpers.labels.PATHOLOGIES` order."""
     return list(labels.PATHOLOGIES if names is None else labels.subset(names))
