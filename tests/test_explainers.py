@@ -78,6 +78,8 @@ def test_explaining_pairs_gives_the_maps_of_explain_at_those_pairs_only(model, i
         scale = np.abs(full.maps[i, j]).max()
         np.testing.assert_allclose(chosen.maps[i, j], full.maps[i, j], atol=1e-4 * scale + 1e-12, rtol=1e-4)
     assert np.isnan(chosen.maps[~explained]).all() and np.isfinite(chosen.maps[explained]).all()
+    with pytest.raises(ValueError, match="at least one"):
+        explainer.explain_pairs(model, images, [])
 
 
 def test_signed_flag_survives_a_round_trip(model, images, tmp_path):

@@ -113,6 +113,8 @@ class Explainer:
         The pairs' images go through :meth:`attribute_rows` ``batch_size`` rows at a time; the probabilities are
         those of every image for the set's pathologies, as in :meth:`explain`.
         """
+        if not pairs:
+            raise ValueError(f"{self.name}: explain_pairs needs at least one (image index, pathology) pair.")
         names = stack_pathologies(list(dict.fromkeys(pathology for _, pathology in pairs)))
         rows, classes = [i for i, _ in pairs], [labels.PATHOLOGIES.index(p) for _, p in pairs]
         device = model_device(model)
