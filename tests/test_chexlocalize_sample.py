@@ -8,8 +8,8 @@ the CheXpert images. The expected numbers were computed once by CheXlocalize's o
 contours; ``eval.calculate_iou``; ``eval.get_hitrates``: the map's argmax) on the same files.
 
 Fetched data may not be committed to this repository: the files live in ``../shared/fixtures/chexlocalize_sample``
-(``gt_segmentations_val.json``, ``gradcam_maps_val.npz``, ``LICENSE.md``). Without them the test is skipped and
-says where they belong.
+(``gt_segmentations_val.json``, ``gradcam_maps_val.npz``, ``LICENSE.md``), written from a clone of CheXlocalize by
+``python scripts/chexlocalize_fixture.py PATH/TO/cheXlocalize``. Without them the test is skipped and says so.
 """
 
 import numpy as np
@@ -23,7 +23,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not (FIXTURE / "gradcam_maps_val.npz").is_file(),
-        reason=f"CheXlocalize's sample is not in {FIXTURE} (fetched data live in shared/, not in this repository)",
+        reason=f"CheXlocalize's sample is not in {FIXTURE}: write it with scripts/chexlocalize_fixture.py",
     ),
 ]
 
