@@ -49,6 +49,10 @@ class TrainSettings:
     seed : int or None
         Seed of the initial weights and the batch order; ``None`` uses the profile's seed (which also makes the
         data). Set, it varies training alone: the ``default-seed<k>`` profiles repeat the study over seeds.
+    train_images : int or None
+        Train on a random subset of this many training images (drawn with the profile's seed) and validate on
+        the same share of the validation split; ``None`` (the default) uses every image. Bounds a training that
+        needs no more data at CheXpert's scale, as the shuffled-label model of the data randomisation test.
     """
 
     arch: str = "densenet_compact"
@@ -63,6 +67,11 @@ class TrainSettings:
     lr_factor: float = 0.1
     num_workers: int = 0
     seed: int | None = None
+    train_images: int | None = None
+
+    def __post_init__(self):
+        if self.train_images is not None and self.train_images < 1:
+            raise ValueError(f"train_images must be a positive number of images or None, not {self.train_images!r}.")
 
 
 @dataclass(frozen=True)
@@ -253,22 +262,26 @@ def load_profile(name: str | None = None, **overrides) -> Profile:
     return replace(profile, train=replace(profile.train, **train)) if train else profile
 
 
+#: Settings :func:`resume_fields` leaves out at these values (each was added after checkpoints existed, which
+#: stay valid); a checkpoint that records one must hold this value to match a profile that leaves it out
+#: (:func:`helpers.models.meta_mismatches`).
+RESUME_DEFAULTS = {"train_seed": None, "schedule": "plateau", "train_images": None, "marker": None}
+
+
 def resume_fields(profile: Profile) -> dict:
     """The settings a checkpoint must share with ``profile`` to be resumed or used as its model.
 
     Every setting that changes the trained weights, as plain types (the checkpoint's metadata holds the
     same keys). Left out: ``max_epochs`` (a run may be resumed to train longer; whether a run is finished
-    is a separate question) and ``num_workers`` (speed only).
+    is a separate question), ``num_workers`` (speed only) and :data:`RESUME_DEFAULTS` at their defaults.
     """
     settings = asdict(profile.train)
     del settings["max_epochs"], settings["num_workers"]
-    if settings["seed"] is None:  # the profile's seed, below: checkpoints made before this field stay valid
-        del settings["seed"]
-    if settings["schedule"] == "plateau":  # the default: checkpoints made before the field existed stay valid
-        del settings["schedule"]
     settings = {("train_seed" if key == "seed" else key): value for key, value in settings.items()}
-    if profile.marker:  # only then: checkpoints made before the field existed stay valid
-        settings["marker"] = profile.shortcut.marker()
+    settings["marker"] = profile.shortcut.marker() if profile.marker else None
+    settings = {
+        key: value for key, value in settings.items() if key not in RESUME_DEFAULTS or value != RESUME_DEFAULTS[key]
+    }
     return {
         **settings,
         "image_size": profile.image_size,

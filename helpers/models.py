@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from helpers import labels
+from helpers import config, labels
 from helpers.io import atomic_path
 
 #: Architectures :func:`build_model` knows; ``densenet_compact`` is a small DenseNet from the same
@@ -271,7 +271,13 @@ def load_weights(model: nn.Module, state_dict: dict, path: str | os.PathLike) ->
 
 
 def meta_mismatches(meta: dict, **expected) -> list[str]:
-    """One line per field where ``meta`` differs from ``expected`` (tuples compare equal to lists)."""
+    """One line per field where ``meta`` differs from ``expected`` (tuples compare equal to lists).
+
+    A setting of :data:`helpers.config.RESUME_DEFAULTS` that ``meta`` records but ``expected`` leaves out is
+    expected at its default: a checkpoint trained with it set does not pass for one trained without it.
+    """
+    recorded = config.RESUME_DEFAULTS.keys() & meta.keys()
+    expected = {**{key: config.RESUME_DEFAULTS[key] for key in recorded}, **expected}
     normalise = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
     return [
         f"{key}: checkpoint has {meta.get(key)!r}, expected {value!r}"

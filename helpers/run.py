@@ -231,15 +231,28 @@ class Run:
         self._loaded["model"] = (model, meta)
         return model, meta, history
 
-    def shuffled_label_model(self, epochs: int, progress: bool = True) -> tuple[nn.Module, dict]:
+    def shuffled_label_model(
+        self, epochs: int, images: int | None = None, progress: bool = True
+    ) -> tuple[nn.Module, dict]:
         """The profile's network trained for ``epochs`` on permuted training labels (Adebayo et al.'s data
-        randomisation test), trained once into ``model_shuffled/`` and loaded afterwards; on :attr:`device`."""
-        settings = dataclasses.replace(self.profile.train, max_epochs=epochs, patience=epochs)
-        profile = dataclasses.replace(self.profile, train=settings)
-        model, meta, _ = train.train_or_load(
-            profile, self.data(), self.folder("model_shuffled"), progress=progress, shuffle_labels=True
-        )
+        randomisation test), trained once into ``model_shuffled/`` and loaded afterwards; on :attr:`device`.
+
+        ``images`` bounds its training images (a seeded subset: :attr:`helpers.config.TrainSettings.train_images`):
+        two epochs of CheXpert-small's 191,027 images would take about half an hour on an H200 (the GPU
+        benchmark's projected epoch) to learn labels that mean nothing."""
+        profile, folder = self._shuffled_label_profile(epochs, images), self.folder("model_shuffled")
+        stale = train.discard_other_settings(folder, profile)
+        if stale:
+            print(f"{folder} had been trained with other settings ({'; '.join(stale)}): training it again.")
+        model, meta, _ = train.train_or_load(profile, self.data(), folder, progress=progress, shuffle_labels=True)
         return model.to(self.device).eval(), meta
+
+    def _shuffled_label_profile(self, epochs: int, images: int | None) -> config.Profile:
+        images = min(filter(None, (images, self.profile.train.train_images)), default=None)
+        if images is not None and images >= len(self.data().split("train")):
+            images = None  # every image: the same model, and the checkpoint of a run without the bound
+        settings = dataclasses.replace(self.profile.train, max_epochs=epochs, patience=epochs, train_images=images)
+        return dataclasses.replace(self.profile, train=settings)
 
     def model(self) -> tuple[nn.Module, dict]:
         """The trained model (best checkpoint) on :attr:`device`, in eval mode, and its metadata."""

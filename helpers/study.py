@@ -116,10 +116,17 @@ def counterfactual_faithfulness(
 
 
 def sanity_checks(
-    run: Run, model: nn.Module, methods: Sequence[str], n_images: int, shuffled_epochs: int, n_jobs: int = -1
+    run: Run,
+    model: nn.Module,
+    methods: Sequence[str],
+    n_images: int,
+    shuffled_epochs: int,
+    shuffled_images: int | None = None,
+    n_jobs: int = -1,
 ) -> pd.DataFrame:
     """Adebayo et al.'s checks on the first ``n_images`` explained images: model randomisation, cascading and
-    independent, and data randomisation against a model trained ``shuffled_epochs`` on permuted labels.
+    independent, and data randomisation against a model trained ``shuffled_epochs`` on permuted labels of at most
+    ``shuffled_images`` training images (:meth:`Run.shuffled_label_model`).
 
     Every method's maps are made first (on the model's device), then the similarities of every method, stage
     and pair are computed at once on ``n_jobs`` processes (default: every core). Returns the similarity rows of
@@ -127,7 +134,7 @@ def sanity_checks(
     :func:`helpers.metrics.sanity_outcome`), method by method.
     """
     checked = run.explained().head(n_images)
-    shuffled, _ = run.shuffled_label_model(shuffled_epochs)
+    shuffled, _ = run.shuffled_label_model(shuffled_epochs, shuffled_images)
     pairs, inputs, ids = checked.pairs(), checked.inputs, checked.image_ids
     used = [run.explainer(name) for name in methods]
     # the compared maps only; the trained model's once, for both randomisation modes and the data randomisation

@@ -12,6 +12,7 @@ The evaluation names (``predict``, ``evaluate``, ``summary_table``, ...) are re-
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import time
@@ -52,7 +53,7 @@ __all__ = [
     "train_or_load",
 ]
 
-LAST, BEST = "last.pt", "best.pt"
+LAST, BEST, HISTORY = "last.pt", "best.pt", "history.csv"
 #: Environment variable that forces a device: ``cpu``, ``cuda`` or ``mps``.
 DEVICE_ENV = "CHEXPLAIN_DEVICE"
 INPUT_DESCRIPTION = "grayscale replicated to 3 channels, then (x/255 - mean) / std"
@@ -367,7 +368,7 @@ def train_or_load(
         The best model (eval mode, on :func:`select_device`), its checkpoint metadata, the training history.
     """
     model_dir = Path(model_dir)
-    history_file = model_dir / "history.csv"
+    history_file = model_dir / HISTORY
     if not (history_file.is_file() and _finished_with(model_dir / LAST, profile)):
         history_file.unlink(missing_ok=True)  # it marks a finished run; this one is not, yet
         _train(profile, prepared, model_dir, history_file, progress, shuffle_labels)
@@ -382,16 +383,31 @@ def _train(
     seed_everything(config.training_seed(profile))
     model = models.build_model(settings.arch, len(labels.PATHOLOGIES), settings.weights)
     train_set = prepared.dataset("train", settings.policy, profile.mean, profile.std)
+    val_set = prepared.dataset("val", settings.policy, profile.mean, profile.std)
+    if settings.train_images is not None:
+        train_set, val_set = sampled_splits(train_set, val_set, settings.train_images, profile.seed)
     if shuffle_labels:
         order = np.random.default_rng(profile.seed).permutation(len(train_set))
         train_set = replace(train_set, targets=train_set.targets[order], loss_mask=train_set.loss_mask[order])
-    val_set = prepared.dataset("val", settings.policy, profile.mean, profile.std)
     history = fit(model, train_set, val_set, profile, model_dir, progress=progress)
     if _rank() == 0:
         with atomic_path(history_file) as tmp:
             history.to_csv(tmp, index=False)
     if _distributed():
         dist.barrier()  # the other ranks read what rank 0 just wrote
+
+
+def sampled_splits(train_set, val_set, n_train: int, seed: int):
+    """At most ``n_train`` training images and the same share of the validation split, drawn with ``seed``
+    (kept in split order); splits already that small are returned as they are."""
+    if n_train >= len(train_set):
+        return train_set, val_set
+    rng = np.random.default_rng(seed)
+    n_val = max(1, math.ceil(len(val_set) * n_train / len(train_set)))
+    return tuple(
+        split.subset(np.sort(rng.choice(len(split), size=n, replace=False)))
+        for split, n in ((train_set, n_train), (val_set, n_val))
+    )
 
 
 def load_trained(
@@ -416,6 +432,25 @@ def load_trained(
         )
     model, meta = models.load_checkpoint(path, **config.resume_fields(profile))
     return model.to(device or select_device()).eval(), meta
+
+
+def discard_other_settings(model_dir: str | os.PathLike, profile: Profile) -> list[str]:
+    """Delete the checkpoints and history in ``model_dir`` when they were trained with other settings than
+    ``profile``'s, so that a model derived from the run (the shuffled-label model) is trained again rather than
+    refused. Returns the differing settings (none: nothing deleted)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / LAST).is_file():
+        return []
+    try:
+        meta = models.read_checkpoint(model_dir / LAST)["meta"]
+    except models.CheckpointError as error:
+        mismatches = [str(error)]
+    else:
+        mismatches = models.meta_mismatches(meta, **config.resume_fields(profile))
+    if mismatches:
+        for name in (LAST, BEST, HISTORY):
+            (model_dir / name).unlink(missing_ok=True)
+    return mismatches
 
 
 def _finished_with(last: Path, profile: Profile) -> bool:

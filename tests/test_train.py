@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -205,3 +206,60 @@ def test_raw_pixels_normalised_on_the_device_equal_the_dataset_images():
         assert raw["pixels"].dtype == torch.uint8
         inputs = data.batch_inputs(raw, torch.device("cpu"), train_set.mean, train_set.std)
         assert torch.equal(inputs, data.batch_inputs(ready, torch.device("cpu"), train_set.mean, train_set.std))
+
+
+def test_sampled_splits_draw_a_seeded_subset_and_the_same_share_of_validation():
+    train_set, val_set = _tiny_sets(n=40)  # 32 training, 8 validation images
+    small_train, small_val = train.sampled_splits(train_set, val_set, 12, seed=5)
+    assert (len(small_train), len(small_val)) == (12, 3)  # ceil(8 * 12 / 32)
+    rows = small_train.images.rows
+    assert list(rows) == sorted(set(rows)) and rows.max() < 32
+    item = small_train[4]
+    np.testing.assert_array_equal(item["image"], train_set[int(rows[4])]["image"])
+    np.testing.assert_array_equal(item["target"], train_set[int(rows[4])]["target"])
+    again, _ = train.sampled_splits(train_set, val_set, 12, seed=5)
+    other, _ = train.sampled_splits(train_set, val_set, 12, seed=6)
+    assert list(again.images.rows) == list(rows) and list(other.images.rows) != list(rows)
+    assert train.sampled_splits(train_set, val_set, 32, seed=5) == (train_set, val_set)  # already that small
+
+
+def test_a_checkpoint_recording_a_setting_the_profile_leaves_at_its_default_does_not_match():
+    expected = config.resume_fields(_config())
+    assert models.meta_mismatches({**expected, "train_images": 40}, **expected) == [
+        "train_images: checkpoint has 40, expected None"
+    ]
+    assert models.meta_mismatches({**expected, "schedule": "cosine"}, **expected) == [
+        "schedule: checkpoint has 'cosine', expected 'plateau'"
+    ]
+    assert models.meta_mismatches({**expected, "schedule": "plateau"}, **expected) == []
+
+
+def test_train_images_is_a_resume_field_only_when_set():
+    assert "train_images" not in config.resume_fields(_config())
+    assert config.resume_fields(_config(train_images=100))["train_images"] == 100
+    with pytest.raises(ValueError, match="train_images must be a positive number of images or None, not 0"):
+        _config(train_images=0)
+
+
+@pytest.mark.slow
+def test_shuffled_label_model_trains_on_at_most_the_images_asked_for(smoke_runs, monkeypatch, capsys):
+    monkeypatch.setenv("CHEXPLAIN_RUNS_DIR", str(smoke_runs))
+    run, fitted = Run("smoke"), []
+    fit = train.fit
+    monkeypatch.setattr(
+        train,
+        "fit",
+        lambda model, train_set, val_set, *a, **k: (
+            fitted.append((len(train_set), len(val_set))) or fit(model, train_set, val_set, *a, **k)
+        ),
+    )
+    _, meta = run.shuffled_label_model(1, images=40, progress=False)
+    assert fitted == [(40, 5)]  # of 215 and 25: the same share of the validation split
+    history = pd.read_csv(run.folder("model_shuffled") / "history.csv")
+    assert meta["train_images"] == 40 and history["epoch"].tolist() == [1]
+    stamp = (run.folder("model_shuffled") / train.BEST).stat().st_mtime_ns
+    run.shuffled_label_model(1, images=40, progress=False)  # the same settings: loaded, not trained again
+    assert (run.folder("model_shuffled") / train.BEST).stat().st_mtime_ns == stamp
+    _, meta = run.shuffled_label_model(1, images=10_000, progress=False)  # more than the split: every image
+    assert "train_images" not in meta and meta["epoch"] == 1  # trained again, not the 40-image model
+    assert "train_images: checkpoint has 40, expected None): training it again" in capsys.readouterr().out

@@ -55,6 +55,17 @@ class ChestXrayDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, rows: np.ndarray) -> ChestXrayDataset:
+        """The items at ``rows``, in that order; the images are read through the rows, not copied."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return replace(
+            self,
+            images=_Rows(self.images, rows),
+            targets=self.targets[rows],
+            loss_mask=self.loss_mask[rows],
+            masks=None if self.masks is None else _Rows(self.masks, rows),
+        )
+
     def as_raw(self) -> ChestXrayDataset:
         """The same data with uint8 ``pixels`` items (see :func:`batch_inputs`)."""
         return replace(self, raw=True)
@@ -72,6 +83,20 @@ class ChestXrayDataset(torch.utils.data.Dataset):
         if self.masks is not None:
             item["masks"] = torch.from_numpy(self.masks[index])
         return item
+
+
+class _Rows:
+    """Selected rows of an array (a memory map of the decoded cache) read one item at a time: a subset of a
+    CheXpert-sized split without loading it."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray):
+        self.array, self.rows = array, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.array[self.rows[index]]
 
 
 def batch_inputs(batch: dict, device: torch.device, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
