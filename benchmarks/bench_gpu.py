@@ -306,7 +306,7 @@ def report(table: pd.DataFrame, device: str) -> None:
     images = min(images, CHEXPERT_SMALL_TRAIN)
     print(
         f"projected shuffled-label model of notebook 05 on the full CheXpert-small ({epochs} epochs of {images:,} "
-        f"images, validation not counted): {epochs * images / steady / 60:.1f} min at {steady:.0f} images/s"
+        f"images, validation not counted): {epochs * images / steady:.0f} s at {steady:.0f} images/s"
     )
 
 
