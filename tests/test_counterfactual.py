@@ -65,6 +65,17 @@ def test_factual_is_the_stored_jpeg_in_both_splits(small_phantom, frame, replaye
     assert np.array_equal(result.factual, stored), "measured: identical (max |difference| 0)"
 
 
+def test_batches_rendered_side_by_side_equal_one_thread(frame, replayed, monkeypatch):
+    ids = list(frame["image_id"].iloc[[0, 1, 17, 33, 59, 60, 61, 79, 17]])  # 5 batches, one id twice
+    remove = ["all", "Edema", "Cardiomegaly", "all", "Pneumothorax", "all", "Edema", "all", "Pleural Effusion"]
+    monkeypatch.setattr(phantom.counterfactual.os, "cpu_count", lambda: 1)
+    one = phantom.render_without(replayed, ids, remove)
+    monkeypatch.setattr(phantom.counterfactual.os, "cpu_count", lambda: 4)
+    several = phantom.render_without(replayed, ids, remove)
+    assert all(np.array_equal(a, b) for a, b in zip(one, several))
+    assert not np.array_equal(one.factual, one.counterfactual)
+
+
 def test_non_square_phantom_replays_at_its_shape(tmp_path):
     root = phantom.generate(tmp_path / "p", 10, 48, seed=2, n_valid=3, height=60)
     frame = pd.concat([data.read_chexpert_csv(root / f"{s}.csv") for s in ("train", "valid")], ignore_index=True)

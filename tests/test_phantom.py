@@ -55,6 +55,16 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
     assert (first / "train.csv").read_bytes() != (other / "train.csv").read_bytes()
 
 
+def test_batches_written_side_by_side_give_the_files_one_thread_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(phantom.writer.os, "cpu_count", lambda: 4)
+    several = phantom.generate(tmp_path / "several", 50, 40, seed=5, n_valid=20)  # 4 + 2 batches
+    monkeypatch.setattr(phantom.writer.os, "cpu_count", lambda: 1)
+    one = phantom.generate(tmp_path / "one", 50, 40, seed=5, n_valid=20)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(several) for p in several.rglob("*") if p.is_file())
+    assert all(filecmp.cmp(one / f, several / f, shallow=False) for f in files)  # the masks JSON's order included
+
+
 @pytest.mark.parametrize("name", labels.LOCALISABLE)
 def test_mask_covers_what_was_drawn(name):
     """Rendering with and without a finding: >= 90% of the absolute difference lies inside its mask."""

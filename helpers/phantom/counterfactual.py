@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -317,8 +319,15 @@ def render_without(
         raise ValueError(f"Cannot remove the marker: the phantom {replayed.root} was written without one.")
     out = Counterfactual(*(np.zeros((len(image_ids), *replayed.shape), dtype) for dtype in (np.uint8, np.uint8, bool)))
     quality = replayed.quality if jpeg else None
-    for (split, batch), rounds in _batch_rounds(replayed, image_ids).items():
-        _render_batch_pairs(replayed, split, batch, rounds, removed, quality, out)
+    groups = _batch_rounds(replayed, image_ids).items()
+    # numpy, scipy and PIL release the GIL in the rendering's array work: threads share it without a process pool
+    with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 1) or 1) as pool:
+        done = [
+            pool.submit(_render_batch_pairs, replayed, split, batch, rounds, removed, quality, out)
+            for (split, batch), rounds in groups
+        ]
+        for future in done:
+            future.result()  # re-raises a batch's error here
     return out
 
 
