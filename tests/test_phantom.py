@@ -55,11 +55,9 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
     assert (first / "train.csv").read_bytes() != (other / "train.csv").read_bytes()
 
 
-def test_batches_written_side_by_side_give_the_files_one_thread_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(phantom.writer.os, "cpu_count", lambda: 4)
-    several = phantom.generate(tmp_path / "several", 50, 40, seed=5, n_valid=20)  # 4 + 2 batches
-    monkeypatch.setattr(phantom.writer.os, "cpu_count", lambda: 1)
-    one = phantom.generate(tmp_path / "one", 50, 40, seed=5, n_valid=20)
+def test_batches_written_side_by_side_give_the_files_one_thread_writes(tmp_path):
+    several = phantom.generate(tmp_path / "several", 50, 40, seed=5, n_valid=20, threads=4)  # 4 + 2 batches
+    one = phantom.generate(tmp_path / "one", 50, 40, seed=5, n_valid=20, threads=1)
     files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(several) for p in several.rglob("*") if p.is_file())
     assert all(filecmp.cmp(one / f, several / f, shallow=False) for f in files)  # the masks JSON's order included
@@ -184,3 +182,9 @@ def test_studies_of_a_patient_share_anatomy_and_batches_keep_patients_whole():
     if patient[0] == patient[1]:
         images, _ = phantom.render(first_two, np.zeros((2, 13), np.float32), 64)
         assert np.allclose(images[0], images[1])
+
+
+def test_only_images_larger_than_128_px_square_are_rendered_on_several_threads(monkeypatch):
+    monkeypatch.setattr(phantom.writer.os, "cpu_count", lambda: 8)
+    assert phantom.writer.default_threads((96, 96)) == phantom.writer.default_threads((128, 128)) == 1
+    assert phantom.writer.default_threads((390, 320)) == 8

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from helpers.phantom.writer import (
     VERSION,
     SplitPlan,
     _image_id,
+    default_threads,
     marker_rows,
     patient_batches,
     render_rows,
@@ -276,6 +276,7 @@ def render_without(
     remove: str | Sequence[str | Sequence[str]],
     *,
     jpeg: bool = True,
+    threads: int | None = None,
 ) -> Counterfactual:
     """Render written phantom images again, as written and with findings removed (strength 0).
 
@@ -294,6 +295,9 @@ def render_without(
         Pass both images through the writer's JPEG encoding (default), so ``factual`` is the written file's
         pixels and the pair differs as two written files would. ``False`` returns the 8-bit renders before
         JPEG: the findings' own change, without JPEG's spread of it over the 8x8 blocks it touches.
+    threads : int, optional
+        Batches rendered side by side (default :func:`helpers.phantom.writer.default_threads`); the images are the
+        same on any number.
 
     Returns
     -------
@@ -321,7 +325,7 @@ def render_without(
     quality = replayed.quality if jpeg else None
     groups = _batch_rounds(replayed, image_ids).items()
     # numpy, scipy and PIL release the GIL in the rendering's array work: threads share it without a process pool
-    with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 1) or 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads or default_threads(replayed.shape)) as pool:
         done = [
             pool.submit(_render_batch_pairs, replayed, split, batch, rounds, removed, quality, out)
             for (split, batch), rounds in groups
