@@ -123,8 +123,12 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _world_size() > 1
 
 
 def checkpoint_meta(profile: Profile) -> dict:
@@ -182,7 +186,7 @@ def fit(
     out_dir, settings = Path(out_dir), profile.train
     device = select_device()
     model = model.to(device, memory_format=torch.channels_last)  # ~15% faster convolutions on CPU
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.effective_learning_rate(_world_size()))
     scheduler = _scheduler(optimizer, settings)
     state = {"epoch": 0, "best": -np.inf, "stale": 0, "history": []}
     if resume and (out_dir / LAST).is_file():

@@ -203,3 +203,14 @@ def test_explainers_reject_unknown_layers_and_models(model, images):
         explainers.create("gradcam").explain(torch.nn.Sequential(torch.nn.Conv2d(3, 14, 3)), images[:1])
     with pytest.raises(ValueError, match="Unknown gradient method"):
         explainers.GradientFamily(kind="deconvnet")
+
+
+def test_batch_size_on_cuda_is_what_half_the_free_memory_holds_within_1_and_most(monkeypatch):
+    cuda, per_image = torch.device("cuda"), base.PEAK_BYTES_PER_PIXEL * 224**2  # about 1.1 GB at 224 px
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * per_image, 80 * per_image))
+    assert explainers.batch_size_for(cuda, 224, default=4) == 10  # half of what is free
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (per_image, 80 * per_image))
+    assert explainers.batch_size_for(cuda, 224, default=4) == 1  # never 0
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000 * per_image, 2000 * per_image))
+    assert explainers.batch_size_for(cuda, 224, default=4, most=64) == 64
+    assert explainers.batch_size_for(torch.device("cpu"), 224, default=4) == 4  # off CUDA: the explainer's own

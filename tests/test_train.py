@@ -263,3 +263,21 @@ def test_shuffled_label_model_trains_on_at_most_the_images_asked_for(smoke_runs,
     _, meta = run.shuffled_label_model(1, images=10_000, progress=False)  # more than the split: every image
     assert "train_images" not in meta and meta["epoch"] == 1  # trained again, not the 40-image model
     assert "train_images: checkpoint has 40, expected None): training it again" in capsys.readouterr().out
+
+
+def test_learning_rate_follows_the_linear_rule_only_where_the_profile_states_it():
+    assert _config(batch_size=8).train.effective_learning_rate() == pytest.approx(1e-3)  # no rule: as given
+    paper, large = config.load_profile("paper").train, config.load_profile("paper-batch64").train
+    assert paper.effective_learning_rate() == pytest.approx(1e-4)
+    assert large.batch_size == 64 and large.effective_learning_rate() == pytest.approx(4e-4)
+    assert paper.effective_learning_rate(processes=4) == pytest.approx(4e-4)  # 4 x 16 images a step
+    assert config.resume_fields(config.load_profile("paper"))["lr_reference_batch"] == 16
+    with pytest.raises(ValueError, match="lr_reference_batch must be a positive number"):
+        _config(lr_reference_batch=0)
+
+
+def test_training_starts_at_the_rules_learning_rate(tmp_path):
+    train_set, val_set = _tiny_sets()
+    profile = _config(max_epochs=1, lr_reference_batch=4)  # batch 8: twice the reference
+    history = train.fit(_fresh_model(), train_set, val_set, profile, tmp_path, progress=False)
+    assert history["learning_rate"].iloc[0] == pytest.approx(2e-3)
