@@ -196,3 +196,21 @@ def test_prepared_masks_read_chexlocalize_files_beside_the_phantom(small_phantom
     write_json(root / "gt_segmentations_chexlocalize.json", {image_id: {"Edema": masks.encode_mask(stretched)}})
     with pytest.raises(data.DatasetError, match=f"{image_id!r} / 'Edema'.*the image file is \\[{height}, {width}\\]"):
         prepared.masks("test")
+
+
+def test_mask_audit_counts_each_files_entries_in_the_split_replaced_and_skipped(small_phantom, tmp_path):
+    root = shutil.copytree(small_phantom, tmp_path / "CheXpert-v1.0-small")
+    prepared = data.prepare(root, tmp_path / "cache", 32)
+    test_ids = prepared.split("test")["image_id"].tolist()
+    rle = masks.encode_mask(np.zeros((64, 64), bool))
+    write_json(root / "gt_segmentations_x.json", {test_ids[0]: {"Edema": rle}, OTHER: {"Edema": rle}})
+    audit = prepared.mask_audit("test").set_index("file")
+    own = audit.loc["gt_segmentations.json"]  # the phantom's: every image of every split
+    assert (own["entries"], own["in_split"], own["replacing"]) == (80, len(test_ids), 0)
+    assert own["skipped"] == 80 - len(test_ids) and own["e.g."].endswith(", ...")
+    extra = audit.loc["gt_segmentations_x.json"]
+    assert (extra["entries"], extra["in_split"], extra["replacing"], extra["skipped"]) == (2, 1, 1, 1)
+    assert extra["e.g."] == OTHER and audit.loc["(no file)", "skipped"] == 0
+    (root / "gt_segmentations.json").unlink()
+    audit = prepared.mask_audit("test").set_index("file")
+    assert audit.loc["(no file)", "skipped"] == len(test_ids) - 1  # their masks are empty

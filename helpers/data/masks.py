@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -295,6 +296,29 @@ def mask_stack(
             if name in rows and mask.any():
                 stack[i, rows[name]] = map_mask(mask, size)
     return stack
+
+
+def mask_audit(files: Sequence[str | os.PathLike], image_ids: Sequence[str]) -> pd.DataFrame:
+    """Which entries of each masks file belong to the images ``image_ids`` (a split), and which are skipped.
+
+    One row per file, in the order they are read: ``entries`` in it, ``in_split`` (scored), ``replacing`` (of
+    those, images an earlier file also has: this file's masks are used), ``skipped`` (images of other splits,
+    left out by :func:`load_masks`) with the first few ids; and a last row ``(no file)`` counting the split's
+    images no file has an entry for (their masks are empty). Reads the JSON, decodes no mask.
+    """
+    wanted, covered, rows = set(image_ids), set(), []
+    for file in files:
+        entries = set(_read_json(Path(file)))
+        used, skipped = entries & wanted, sorted(entries - wanted)
+        rows.append((Path(file).name, len(entries), len(used), len(used & covered), len(skipped), _first(skipped)))
+        covered |= used
+    missing = sorted(wanted - covered)
+    rows.append(("(no file)", 0, 0, 0, len(missing), _first(missing)))
+    return pd.DataFrame(rows, columns=["file", "entries", "in_split", "replacing", "skipped", "e.g."])
+
+
+def _first(ids: Sequence[str], n: int = 3) -> str:
+    return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "")
 
 
 def mask_files(root: str | os.PathLike) -> list[Path]:

@@ -24,7 +24,7 @@ from helpers.data.chexpert import (
 )
 from helpers.data.datasets import ChestXrayDataset, to_model_input
 from helpers.data.images import resolve_image_path
-from helpers.data.masks import load_masks, mask_files, mask_stack
+from helpers.data.masks import load_masks, mask_audit, mask_files, mask_stack
 from helpers.data.policy import apply_policy
 from helpers.io import atomic_path
 
@@ -132,7 +132,8 @@ class PreparedData:
 
         Masks at any resolution (CheXlocalize's are at the original images') go through the transform that
         made the cached images, and are checked against their image file's size where it can be read. Ids
-        of a masks file that are not in this split are an audited skip (see :func:`load_masks`).
+        of a masks file that are not in this split are an audited skip, and an image with entries in two files
+        takes the later file's (files in name order): :meth:`mask_audit` counts both.
         """
         if not self.root.is_dir():  # masks would silently be empty: the folder the cache was made from is gone
             raise FileNotFoundError(
@@ -147,6 +148,11 @@ class PreparedData:
         for file in mask_files(self.root):
             merged.update(load_masks(file, ids, size=size, image_sizes=image_sizes))  # mapped at once: bounded memory
         return mask_stack(merged, ids, size)
+
+    def mask_audit(self, name: str) -> pd.DataFrame:
+        """Per masks file in the data folder: its entries for this split's images and those skipped
+        (:func:`helpers.data.mask_audit`)."""
+        return mask_audit(mask_files(self.root), self.split(name)["image_id"].tolist())
 
 
 class _ImageFileSizes(Mapping):
