@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,9 @@ class atomic_path:
     """Context manager yielding a temporary path that is renamed onto ``target`` on success.
 
     The temporary file lives in ``target``'s folder (so the rename is atomic on one file system);
-    on an exception it is removed and ``target`` is left as it was.
+    on an exception it is removed and ``target`` is left as it was. Its name carries this machine's name and
+    process id, so that the temporaries of ``target`` left by a process killed outright (a cache of CheXpert's
+    size is ~10 GB) are removed by the next write of ``target`` (:func:`remove_stale_temporaries`).
 
     Parameters
     ----------
@@ -29,7 +33,9 @@ class atomic_path:
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        remove_stale_temporaries(self.target)
+        prefix = f".{self.target.name}.{socket.gethostname()}-{os.getpid()}."
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.target.parent)
         os.close(handle)
         self.tmp = Path(name)
         return self.tmp
@@ -39,3 +45,28 @@ class atomic_path:
             os.replace(self.tmp, self.target)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``target`` that :class:`atomic_path` made in processes of this machine that no
+    longer run; returns them. Those of running processes (this one included), of other machines sharing the
+    folder, and of other names are left alone."""
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp")
+    removed = []
+    for candidate in target.parent.glob(f".{target.name}.*.tmp"):
+        found = pattern.fullmatch(candidate.name)
+        if found and found["host"] == socket.gethostname() and not _running(int(found["pid"])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -1,5 +1,10 @@
 """helpers.io.atomic_path: a file is either the old one or the whole new one, never a half-written one."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from helpers.io import atomic_path
@@ -54,3 +59,20 @@ def test_still_importable_from_helpers_data():
     from helpers import data
 
     assert data.atomic_path is atomic_path
+
+
+def test_temporaries_of_processes_no_longer_running_are_removed_by_the_next_write(tmp_path):
+    target, host = tmp_path / "cache.npy", socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    stale = tmp_path / f".cache.npy.{host}-{dead}.k2j4_x9a.tmp"  # what a killed run leaves
+    live = tmp_path / f".cache.npy.{host}-{os.getpid()}.abcdefgh.tmp"  # this process may be writing it
+    elsewhere = tmp_path / f".cache.npy.other-machine-{dead}.abcdefgh.tmp"  # a process on another machine
+    unknown = tmp_path / ".cache.npy.killed.tmp"  # not named by atomic_path: nothing to judge it by
+    neighbour = tmp_path / f".other.npy.{host}-{dead}.abcdefgh.tmp"  # another target's
+    for path in (stale, live, elsewhere, unknown, neighbour):
+        path.write_bytes(b"partial")
+    with atomic_path(target) as tmp:
+        assert not stale.exists() and tmp.name.startswith(f".cache.npy.{host}-{os.getpid()}.")
+        tmp.write_text("whole")
+    assert all(path.exists() for path in (live, elsewhere, unknown, neighbour)) and target.read_text() == "whole"

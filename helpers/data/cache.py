@@ -84,8 +84,8 @@ def build_image_cache(
     -----
     The bytes are those of :func:`~helpers.data.load_image` on each file, whatever the number of
     workers. The parent's resident memory stays about one row chunk per worker (plus the returned array
-    without ``cache_file``). An interrupt or a failure removes the temporary files; a process killed
-    outright may leave a ``.<name>.*.tmp`` file beside the cache, which later runs ignore (delete it).
+    without ``cache_file``). An interrupt or a failure removes the temporary files; the one a process killed
+    outright leaves beside the cache is removed when the cache is next built (:class:`helpers.io.atomic_path`).
     Workers start from a fork server (``spawn`` where there is none), never as forks of this process,
     which are unsafe once torch runs threads here; so a script that calls this with several workers
     needs the usual ``if __name__ == "__main__":`` guard.
