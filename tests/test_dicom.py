@@ -23,7 +23,7 @@ from pydicom.uid import (
 
 from helpers import data, labels
 from helpers.data import DatasetError, load_image
-from helpers.data.images import is_dicom
+from helpers.data.images import image_size, is_dicom
 
 #: Side of the small test images: load_image's resize to the same size is the identity, so every pixel
 #: can be checked against the DICOM standard's formulas.
@@ -182,6 +182,27 @@ def test_dicom_is_recognised_by_content_or_by_suffix(tmp_path):
     assert (tmp_path / "bare.dcm").read_bytes()[128:132] != b"DICM"
     np.testing.assert_array_equal(load_image(unnamed, SIZE), reference)
     np.testing.assert_array_equal(load_image(tmp_path / "bare.dcm", SIZE), reference)
+
+
+def test_image_size_reads_dicom_rows_and_columns_without_the_pixels(tmp_path, radiograph_path):
+    assert image_size(write_dicom(tmp_path / "wide.dcm", np.zeros((40, 70), np.uint16))) == (40, 70)
+    with pydicom.dcmread(radiograph_path) as real:
+        assert image_size(radiograph_path) == (real.Rows, real.Columns) == real.pixel_array.shape
+    Image.fromarray(np.zeros((30, 50), np.uint8)).save(tmp_path / "picture.png")
+    assert image_size(tmp_path / "picture.png") == (30, 50)
+    (tmp_path / "junk.dcm").write_bytes(b"not a DICOM file at all " * 40)
+    with pytest.raises(ValueError, match="junk.dcm: no readable DICOM Rows / Columns"):
+        image_size(tmp_path / "junk.dcm")
+
+
+def test_masks_are_checked_against_a_dicom_files_size(tmp_path):
+    from helpers.data.prepared import _ImageFileSizes
+
+    write_dicom(tmp_path / "a.dcm", np.zeros((40, 70), np.uint16))
+    sizes = _ImageFileSizes(tmp_path, {"a": "CheXpert-v1.0-small/a.dcm", "gone": "CheXpert-v1.0-small/gone.dcm"})
+    assert sizes["a"] == (40, 70)  # was unknown (PIL cannot open DICOM), so the mask check was skipped
+    with pytest.raises(KeyError):
+        sizes["gone"]
 
 
 # ------------------------------------------------------------------ bad files

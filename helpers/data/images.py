@@ -143,6 +143,26 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return _has_dicom_prefix(path) or Path(path).suffix.lower() in DICOM_SUFFIXES
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image file (JPEG, PNG, DICOM, ...) from its header, without decoding the pixels.
+
+    Raises
+    ------
+    OSError, ValueError, KeyError
+        If the file is missing or its header unreadable (PIL's errors; for DICOM, no ``Rows`` / ``Columns``).
+    """
+    if is_dicom(path):
+        import pydicom  # here, not at the top: see _read_dataset
+
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=not _has_dicom_prefix(path))
+            return int(header.Rows), int(header.Columns)
+        except Exception as error:  # pydicom signals a broken header with many types, as in _read_dataset
+            raise ValueError(f"{path}: no readable DICOM Rows / Columns ({_first_line(error)})") from error
+    with Image.open(path) as picture:
+        return picture.size[1], picture.size[0]
+
+
 def _has_dicom_prefix(path: str | os.PathLike) -> bool:
     with open(path, "rb") as file:
         header = file.read(_DICOM_PREFIX_OFFSET + len(_DICOM_PREFIX))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from helpers import labels
 from helpers.data.cache import build_image_cache
@@ -23,7 +23,7 @@ from helpers.data.chexpert import (
     split_by_patient,
 )
 from helpers.data.datasets import ChestXrayDataset, to_model_input
-from helpers.data.images import resolve_image_path
+from helpers.data.images import image_size, resolve_image_path
 from helpers.data.masks import load_masks, mask_audit, mask_files, mask_stack
 from helpers.data.policy import apply_policy
 from helpers.io import atomic_path
@@ -158,8 +158,8 @@ class PreparedData:
 class _ImageFileSizes(Mapping):
     """``{image_id: (h, w)}`` of a split's image files, read lazily from their headers (no decoding).
 
-    A file PIL cannot open (missing, corrupt, DICOM) has no known size: the mask check is then skipped, and
-    the image cache's own audit reports the file.
+    A file whose header cannot be read (missing, corrupt) has no known size: the mask check is then skipped, and
+    the image cache's own audit reports the file. DICOM files are read by their ``Rows`` and ``Columns``.
     """
 
     def __init__(self, root: Path, paths: dict[str, str]):
@@ -167,9 +167,8 @@ class _ImageFileSizes(Mapping):
 
     def __getitem__(self, image_id: str) -> tuple[int, int]:
         try:
-            with Image.open(resolve_image_path(self.root, self.paths[image_id])) as image:
-                return image.size[1], image.size[0]
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            return image_size(resolve_image_path(self.root, self.paths[image_id]))
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, KeyError) as error:
             raise KeyError(image_id) from error
 
     def __iter__(self):
