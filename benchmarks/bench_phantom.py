@@ -18,6 +18,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import joblib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from helpers import phantom  # noqa: E402
@@ -62,7 +63,7 @@ def main() -> None:
     print("| benchmark | images | size | best images/s | median images/s | target |")
     print("|---|---|---|---|---|---|")
     where = args.dir or tempfile.gettempdir()
-    for threads in (1, os.cpu_count() or 1):
+    for threads in (1, joblib.cpu_count()):
         rates = generation_rates(args, threads)
         print(
             f"| phantom.generate ({threads} thread{'s' * (threads > 1)}) into {where} | {args.images} | {args.size} | "

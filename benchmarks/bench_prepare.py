@@ -29,6 +29,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import joblib  # noqa: E402
 import psutil  # noqa: E402
 
 from helpers import data, phantom  # noqa: E402
@@ -59,6 +60,7 @@ class MemorySampler:
         self.parent_peak = self.before
         self.worker_peak = 0  # the largest single descendant
         self.descendants_peak = 0  # all descendants together
+        self.total_pss_peak = 0  # this process and its descendants, shared pages split among them (no double count)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -73,6 +75,7 @@ class MemorySampler:
         while not self._stop.is_set():
             if time.monotonic() - listed_at > self.refresh:
                 descendants, listed_at = self.process.children(recursive=True), time.monotonic()
+                self.total_pss_peak = max(self.total_pss_peak, _pss([self.process, *descendants]))
             self.parent_peak = max(self.parent_peak, self.process.memory_info().rss)
             sizes = []
             for child in descendants:
@@ -83,6 +86,17 @@ class MemorySampler:
             self.worker_peak = max([self.worker_peak, *sizes])
             self.descendants_peak = max(self.descendants_peak, sum(sizes))
             self._stop.wait(self.interval)
+
+
+def _pss(processes) -> int:
+    """Proportional set size summed over ``processes`` (``/proc/<pid>/smaps``; read at each refresh only: slow)."""
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_full_info().pss
+        except psutil.Error:  # a worker that just exited
+            pass
+    return total
 
 
 def ensure_phantom(folder: Path, n_images: int) -> Path:
@@ -120,17 +134,19 @@ def timed_build(frame, root: Path, size: int, workers: int, cache_file: Path | N
         "parent_rise": memory.parent_peak - memory.before,
         "worker_peak": memory.worker_peak,
         "descendants_peak": memory.descendants_peak,
+        "total_pss_peak": memory.total_pss_peak,
         "sha1": digest.hexdigest(),
     }
 
 
 def print_table(results: list[dict], n_images: int, size: int) -> None:
-    print(f"\n{n_images} images, {WIDTH} x {HEIGHT} JPEG -> {size} x {size} uint8; {os.cpu_count()} cores\n")
+    print(f"\n{n_images} images, {WIDTH} x {HEIGHT} JPEG -> {size} x {size} uint8; {joblib.cpu_count()} cores\n")
     print(
         "| processes | result | images/s | seconds | array MiB | parent peak RSS MiB (x array) | "
-        "parent rise MiB (x array) | largest worker RSS MiB | all descendants MiB | projected 191,027 |"
+        "parent rise MiB (x array) | largest worker RSS MiB | all descendants MiB | "
+        "all processes PSS MiB (x array) | projected 191,027 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         array = max(r["array"], 1)
         projected = CHEXPERT_SMALL_IMAGES / r["rate"]
@@ -138,7 +154,8 @@ def print_table(results: list[dict], n_images: int, size: int) -> None:
             f"| {r['workers']} | {r['where']} | {r['rate']:.0f} | {r['seconds']:.1f} | {r['array'] / MIB:.0f} | "
             f"{r['parent_peak'] / MIB:.0f} ({r['parent_peak'] / array:.2f}) | "
             f"{r['parent_rise'] / MIB:.0f} ({r['parent_rise'] / array:.2f}) | {r['worker_peak'] / MIB:.0f} | "
-            f"{r['descendants_peak'] / MIB:.0f} | {projected / 60:.1f} min |"
+            f"{r['descendants_peak'] / MIB:.0f} | {r['total_pss_peak'] / MIB:.0f} "
+            f"({r['total_pss_peak'] / array:.2f}) | {projected / 60:.1f} min |"
         )
     same = len({r["sha1"] for r in results}) == 1
     print(f"\nsame bytes in every run: {same}")

@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 
@@ -68,7 +69,7 @@ def build_image_cache(
         in the returned audit table (an audited skip).
     workers : int, optional
         Decoding processes; default the environment variable ``CHEXPLAIN_DECODE_WORKERS``, else
-        ``os.cpu_count()`` for :data:`PARALLEL_MIN_ROWS` rows or more and 1 below. With 1 the images are
+        every core this process may use for :data:`PARALLEL_MIN_ROWS` rows or more and 1 below. With 1 the images are
         decoded in this process.
 
     Returns
@@ -126,7 +127,7 @@ def decode_workers(workers: int | None = None) -> int:
     setting = os.environ.get(WORKERS_VARIABLE, "").strip()
     if setting:
         return _process_count(setting, f"The environment variable {WORKERS_VARIABLE}")
-    return os.cpu_count() or 1
+    return joblib.cpu_count()  # the cores this process may use (affinity, container quota), as joblib's pools
 
 
 def _processes_for(n_rows: int, workers: int | None) -> int:

@@ -7,13 +7,13 @@ leaves nothing half-written; ``phantom.json`` records the parameters, so a match
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -257,7 +257,7 @@ def _write_batch(folder: Path, plan: SplitPlan, start: int, stop: int, shape, qu
 def default_threads(shape: tuple[int, int]) -> int:
     """Threads that render batches of images of ``shape`` side by side: one per core for images over
     :data:`THREADED_MIN_PIXELS`, else one."""
-    return (os.cpu_count() or 1) if shape[0] * shape[1] > THREADED_MIN_PIXELS else 1
+    return joblib.cpu_count() if shape[0] * shape[1] > THREADED_MIN_PIXELS else 1  # cores this process may use
 
 
 def render_rows(
