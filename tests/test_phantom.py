@@ -185,6 +185,6 @@ def test_studies_of_a_patient_share_anatomy_and_batches_keep_patients_whole():
 
 
 def test_only_images_larger_than_128_px_square_are_rendered_on_several_threads(monkeypatch):
-    monkeypatch.setattr(phantom.writer.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(phantom.writer.joblib, "cpu_count", lambda: 8)
     assert phantom.writer.default_threads((96, 96)) == phantom.writer.default_threads((128, 128)) == 1
     assert phantom.writer.default_threads((390, 320)) == 8
