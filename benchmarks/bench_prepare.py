@@ -61,6 +61,7 @@ class MemorySampler:
         self.worker_peak = 0  # the largest single descendant
         self.descendants_peak = 0  # all descendants together
         self.total_pss_peak = 0  # this process and its descendants, shared pages split among them (no double count)
+        self.total_pss_before = _pss([self.process, *self.process.children(recursive=True)])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -135,6 +136,7 @@ def timed_build(frame, root: Path, size: int, workers: int, cache_file: Path | N
         "worker_peak": memory.worker_peak,
         "descendants_peak": memory.descendants_peak,
         "total_pss_peak": memory.total_pss_peak,
+        "total_pss_rise": memory.total_pss_peak - memory.total_pss_before,
         "sha1": digest.hexdigest(),
     }
 
@@ -144,9 +146,9 @@ def print_table(results: list[dict], n_images: int, size: int) -> None:
     print(
         "| processes | result | images/s | seconds | array MiB | parent peak RSS MiB (x array) | "
         "parent rise MiB (x array) | largest worker RSS MiB | all descendants MiB | "
-        "all processes PSS MiB (x array) | projected 191,027 |"
+        "all processes PSS MiB (x array) | its rise MiB (x array) | projected 191,027 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         array = max(r["array"], 1)
         projected = CHEXPERT_SMALL_IMAGES / r["rate"]
@@ -155,7 +157,8 @@ def print_table(results: list[dict], n_images: int, size: int) -> None:
             f"{r['parent_peak'] / MIB:.0f} ({r['parent_peak'] / array:.2f}) | "
             f"{r['parent_rise'] / MIB:.0f} ({r['parent_rise'] / array:.2f}) | {r['worker_peak'] / MIB:.0f} | "
             f"{r['descendants_peak'] / MIB:.0f} | {r['total_pss_peak'] / MIB:.0f} "
-            f"({r['total_pss_peak'] / array:.2f}) | {projected / 60:.1f} min |"
+            f"({r['total_pss_peak'] / array:.2f}) | {r['total_pss_rise'] / MIB:.0f} "
+            f"({r['total_pss_rise'] / array:.2f}) | {projected / 60:.1f} min |"
         )
     same = len({r["sha1"] for r in results}) == 1
     print(f"\nsame bytes in every run: {same}")
