@@ -226,7 +226,9 @@ class Run:
 
     def train(self, progress: bool = True) -> tuple[nn.Module, dict, pd.DataFrame]:
         """Notebook 02: train (resuming an interrupted run) or load the finished one; the model is on :attr:`device`."""
-        model, meta, history = train.train_or_load(self.profile, self.data(), self.model_dir, progress=progress)
+        model, meta, history = train.train_or_load(
+            self.profile, self.data(), self.model_dir, progress=progress, device=self.device
+        )
         model = model.to(self.device).eval()
         self._loaded["model"] = (model, meta)
         return model, meta, history
@@ -244,7 +246,9 @@ class Run:
         stale = train.discard_other_settings(folder, profile)
         if stale:
             print(f"{folder} had been trained with other settings ({'; '.join(stale)}): training it again.")
-        model, meta, _ = train.train_or_load(profile, self.data(), folder, progress=progress, shuffle_labels=True)
+        model, meta, _ = train.train_or_load(
+            profile, self.data(), folder, progress=progress, shuffle_labels=True, device=self.device
+        )
         return model.to(self.device).eval(), meta
 
     def _shuffled_label_profile(self, epochs: int, images: int | None) -> config.Profile:

@@ -281,3 +281,17 @@ def test_training_starts_at_the_rules_learning_rate(tmp_path):
     profile = _config(max_epochs=1, lr_reference_batch=4)  # batch 8: twice the reference
     history = train.fit(_fresh_model(), train_set, val_set, profile, tmp_path, progress=False)
     assert history["learning_rate"].iloc[0] == pytest.approx(2e-3)
+
+
+def test_training_runs_where_it_is_told_without_asking_for_the_best_device(tmp_path, monkeypatch):
+    def refuse():
+        raise AssertionError("select_device was consulted although a device was given")
+
+    monkeypatch.setattr(train, "select_device", refuse)
+    train_set, val_set = _tiny_sets()
+    history = train.fit(
+        _fresh_model(), train_set, val_set, _config(max_epochs=1), tmp_path, progress=False, device="cpu"
+    )
+    assert len(history) == 1
+    model, _ = train.load_trained(_config(max_epochs=1), tmp_path, device="cpu")
+    assert next(model.parameters()).device.type == "cpu"
