@@ -216,7 +216,7 @@ def notebook_05(run: Run, timer: Timer) -> None:
         )
     epochs, images = params["shuffled_epochs"], params["shuffled_images"]
     checked, n_sanity = params["sanity_methods"], params["n_sanity"]
-    n_shuffled = min(images or len(run.data().split("train")), len(run.data().split("train")))
+    n_shuffled = run.shuffled_label_profile(epochs, images).train.train_images or len(run.data().split("train"))
     with timer.step("05", f"shuffled-label model ({epochs} epochs of {n_shuffled} images; training)", 0):
         run.shuffled_label_model(epochs, images, progress=False)
     stages = len(model.randomisation_stages())

@@ -242,7 +242,7 @@ class Run:
         ``images`` bounds its training images (a seeded subset: :attr:`helpers.config.TrainSettings.train_images`):
         two epochs of CheXpert-small's 191,027 images would take about half an hour on an H200 (the GPU
         benchmark's projected epoch) to learn labels that mean nothing."""
-        profile, folder = self._shuffled_label_profile(epochs, images), self.folder("model_shuffled")
+        profile, folder = self.shuffled_label_profile(epochs, images), self.folder("model_shuffled")
         stale = train.discard_other_settings(folder, profile)
         if stale:
             print(f"{folder} had been trained with other settings ({'; '.join(stale)}): training it again.")
@@ -251,8 +251,10 @@ class Run:
         )
         return model.to(self.device).eval(), meta
 
-    def _shuffled_label_profile(self, epochs: int, images: int | None) -> config.Profile:
-        images = min(filter(None, (images, self.profile.train.train_images)), default=None)
+    def shuffled_label_profile(self, epochs: int, images: int | None) -> config.Profile:
+        """The profile :meth:`shuffled_label_model` trains with: ``epochs`` (no early stop) on at most ``images``
+        (and the profile's own bound); ``train_images`` is None where the bound covers the training split."""
+        images = min((n for n in (images, self.profile.train.train_images) if n is not None), default=None)
         if images is not None and images >= len(self.data().split("train")):
             images = None  # every image: the same model, and the checkpoint of a run without the bound
         settings = dataclasses.replace(self.profile.train, max_epochs=epochs, patience=epochs, train_images=images)

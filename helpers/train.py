@@ -189,7 +189,8 @@ def fit(
     out_dir, settings = Path(out_dir), profile.train
     device = torch.device(device) if device is not None else select_device()
     model = model.to(device, memory_format=torch.channels_last)  # ~15% faster convolutions on CPU
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.effective_learning_rate(_world_size()))
+    processes = _world_size()  # recorded: with lr_reference_batch the rate depends on it (the global batch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.effective_learning_rate(processes))
     scheduler = _scheduler(optimizer, settings)
     state = {"epoch": 0, "best": -np.inf, "stale": 0, "history": []}
     if resume and (out_dir / LAST).is_file():
@@ -221,7 +222,12 @@ def fit(
             }
         )
         if _rank() == 0:
-            meta = {**checkpoint_meta(profile), "epoch": epoch, "val_mean_auroc": float(val_auroc)}
+            meta = {
+                **checkpoint_meta(profile),
+                "epoch": epoch,
+                "val_mean_auroc": float(val_auroc),
+                "processes": processes,
+            }
             if improved:
                 models.save_checkpoint(out_dir / BEST, model, meta)
             models.save_checkpoint(
@@ -417,13 +423,26 @@ def _train(
         dist.barrier()  # the other ranks read what rank 0 just wrote
 
 
+#: The fewest validation images :func:`sampled_splits` keeps (all, where the split has fewer): with a handful,
+#: every pathology's AUROC can be undefined and no checkpoint would ever count as the best.
+MIN_VALIDATION_IMAGES = 64
+
+
 def sampled_splits(train_set, val_set, n_train: int, seed: int):
-    """At most ``n_train`` training images and the same share of the validation split, drawn with ``seed``
-    (kept in split order); splits already that small are returned as they are."""
+    """At most ``n_train`` training images and the same share of the validation split (at least
+    :data:`MIN_VALIDATION_IMAGES`), drawn with ``seed`` and kept in split order.
+
+    Returns
+    -------
+    train_set, val_set
+        Subsets (:meth:`helpers.data.ChestXrayDataset.subset`); the splits themselves when ``n_train`` covers the
+        training split.
+    """
     if n_train >= len(train_set):
         return train_set, val_set
     rng = np.random.default_rng(seed)
-    n_val = max(1, math.ceil(len(val_set) * n_train / len(train_set)))
+    share = math.ceil(len(val_set) * n_train / len(train_set))
+    n_val = min(len(val_set), max(share, MIN_VALIDATION_IMAGES))
     return tuple(
         split.subset(np.sort(rng.choice(len(split), size=n, replace=False)))
         for split, n in ((train_set, n_train), (val_set, n_val))

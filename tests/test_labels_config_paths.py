@@ -66,7 +66,6 @@ def test_profiles_keep_their_settings():
         policy="u-zeros",
         batch_size=16,
         learning_rate=1e-4,
-        lr_reference_batch=16,
         max_epochs=5,
         patience=3,
         lr_patience=1,

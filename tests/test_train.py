@@ -208,8 +208,10 @@ def test_raw_pixels_normalised_on_the_device_equal_the_dataset_images():
         assert torch.equal(inputs, data.batch_inputs(ready, torch.device("cpu"), train_set.mean, train_set.std))
 
 
-def test_sampled_splits_draw_a_seeded_subset_and_the_same_share_of_validation():
+def test_sampled_splits_draw_a_seeded_subset_and_the_same_share_of_validation(monkeypatch):
     train_set, val_set = _tiny_sets(n=40)  # 32 training, 8 validation images
+    assert len(train.sampled_splits(train_set, val_set, 12, seed=5)[1]) == 8  # at least 64, or all there are
+    monkeypatch.setattr(train, "MIN_VALIDATION_IMAGES", 2)
     small_train, small_val = train.sampled_splits(train_set, val_set, 12, seed=5)
     assert (len(small_train), len(small_val)) == (12, 3)  # ceil(8 * 12 / 32)
     rows = small_train.images.rows
@@ -254,9 +256,9 @@ def test_shuffled_label_model_trains_on_at_most_the_images_asked_for(smoke_runs,
         ),
     )
     _, meta = run.shuffled_label_model(1, images=40, progress=False)
-    assert fitted == [(40, 5)]  # of 215 and 25: the same share of the validation split
+    assert fitted == [(40, 25)]  # of 215 and 25: the share (5) is below the floor of 64, so all 25
     history = pd.read_csv(run.folder("model_shuffled") / "history.csv")
-    assert meta["train_images"] == 40 and history["epoch"].tolist() == [1]
+    assert meta["train_images"] == 40 and meta["processes"] == 1 and history["epoch"].tolist() == [1]
     stamp = (run.folder("model_shuffled") / train.BEST).stat().st_mtime_ns
     run.shuffled_label_model(1, images=40, progress=False)  # the same settings: loaded, not trained again
     assert (run.folder("model_shuffled") / train.BEST).stat().st_mtime_ns == stamp
@@ -270,8 +272,9 @@ def test_learning_rate_follows_the_linear_rule_only_where_the_profile_states_it(
     paper, large = config.load_profile("paper").train, config.load_profile("paper-batch64").train
     assert paper.effective_learning_rate() == pytest.approx(1e-4)
     assert large.batch_size == 64 and large.effective_learning_rate() == pytest.approx(4e-4)
-    assert paper.effective_learning_rate(processes=4) == pytest.approx(4e-4)  # 4 x 16 images a step
-    assert config.resume_fields(config.load_profile("paper"))["lr_reference_batch"] == 16
+    assert large.effective_learning_rate(processes=2) == pytest.approx(8e-4)  # 2 x 64 images a step
+    assert "lr_reference_batch" not in config.resume_fields(config.load_profile("paper"))  # its checkpoints stay valid
+    assert config.resume_fields(config.load_profile("paper-batch64"))["lr_reference_batch"] == 16
     with pytest.raises(ValueError, match="lr_reference_batch must be a positive number"):
         _config(lr_reference_batch=0)
 
