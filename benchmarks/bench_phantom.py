@@ -63,7 +63,7 @@ def main() -> None:
     print("| benchmark | images | size | best images/s | median images/s | target |")
     print("|---|---|---|---|---|---|")
     where = args.dir or tempfile.gettempdir()
-    for threads in (1, joblib.cpu_count()):
+    for threads in sorted({1, joblib.cpu_count()}):
         rates = generation_rates(args, threads)
         print(
             f"| phantom.generate ({threads} thread{'s' * (threads > 1)}) into {where} | {args.images} | {args.size} | "

@@ -47,7 +47,8 @@ class MemorySampler:
     every ``interval`` seconds in a thread while the ``with`` block runs.
 
     The list of descendants is refreshed only every ``refresh`` seconds: finding them reads every
-    process's ``/proc`` entry, which would otherwise take a noticeable share of a core from the workers.
+    process's ``/proc`` entry, which would otherwise take a noticeable share of a core from the workers. The
+    proportional set size (``smaps``, slower still) is summed at each refresh only: its peak is a lower bound.
     """
 
     def __init__(self, interval: float = 0.02, refresh: float = 0.5):

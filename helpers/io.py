@@ -8,14 +8,20 @@ import socket
 import tempfile
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no temporary is ever judged stale
+    fcntl = None
+
 
 class atomic_path:
     """Context manager yielding a temporary path that is renamed onto ``target`` on success.
 
     The temporary file lives in ``target``'s folder (so the rename is atomic on one file system);
     on an exception it is removed and ``target`` is left as it was. Its name carries this machine's name and
-    process id, so that the temporaries of ``target`` left by a process killed outright (a cache of CheXpert's
-    size is ~10 GB) are removed by the next write of ``target`` (:func:`remove_stale_temporaries`).
+    process id, and the writer holds an advisory lock on it until the end, so that the temporaries of ``target``
+    left by a process killed outright (a cache of CheXpert's size is ~10 GB) are removed by the next write of
+    ``target`` (:func:`remove_stale_temporaries`).
 
     Parameters
     ----------
@@ -35,31 +41,55 @@ class atomic_path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.target)
         prefix = f".{self.target.name}.{socket.gethostname()}-{os.getpid()}."
-        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.target.parent)
-        os.close(handle)
+        self._lock, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.target.parent)
+        if fcntl is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_EX)  # held while this process lives: the file is not stale
         self.tmp = Path(name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        try:
+            if exc_type is None:
+                os.replace(self.tmp, self.target)
+            else:
+                self.tmp.unlink(missing_ok=True)
+        finally:
+            os.close(self._lock)
 
 
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries of ``target`` that :class:`atomic_path` made in processes of this machine that no
-    longer run; returns them. Those of running processes (this one included), of other machines sharing the
-    folder, and of other names are left alone."""
+    """Remove the temporaries of ``target`` that :class:`atomic_path` made on this machine in a process that no
+    longer runs and that nobody holds locked; returns them. Those of running processes (this one included), those
+    still locked (a writer in another process namespace under the same machine name), those of other machines
+    sharing the folder, and those of other names are left alone."""
     target = Path(target)
     pattern = re.compile(rf"\.{re.escape(target.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp")
     removed = []
     for candidate in target.parent.glob(f".{target.name}.*.tmp"):
         found = pattern.fullmatch(candidate.name)
         if found and found["host"] == socket.gethostname() and not _running(int(found["pid"])):
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
+            if _unlink_unless_locked(candidate):
+                removed.append(candidate)
     return removed
+
+
+def _unlink_unless_locked(path: Path) -> bool:
+    """Delete ``path`` if no process holds its lock (taken without waiting); whether it was deleted."""
+    if fcntl is None:
+        return False
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its writer is alive
+    else:
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(handle)
 
 
 def _running(pid: int) -> bool:

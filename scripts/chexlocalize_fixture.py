@@ -93,6 +93,18 @@ def write_fixture(clone: Path, output: Path = DEFAULT_OUTPUT) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        _write_files(staging, clone, sample, pickles, maps)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(staging, output)
+    return output
+
+
+def _write_files(staging: Path, clone: Path, sample: Path, pickles: list[Path], maps: list[dict]) -> None:
     staging.chmod(0o755)  # mkdtemp makes it private; the fixture is for every user of the machine
     np.savez_compressed(
         staging / MAPS_NPZ,
@@ -105,10 +117,6 @@ def write_fixture(clone: Path, output: Path = DEFAULT_OUTPUT) -> Path:
     shutil.copyfile(sample / MASKS_JSON, staging / MASKS_JSON)
     shutil.copyfile(Path(clone) / "LICENSE.md", staging / "LICENSE.md")
     (staging / "README.md").write_text(_provenance(clone))
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(staging, output)
-    return output
 
 
 def _provenance(clone: Path) -> str:

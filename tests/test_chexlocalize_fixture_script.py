@@ -70,6 +70,14 @@ def test_a_pickle_naming_anything_but_tensor_functions_is_refused_naming_the_fil
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_write_leaves_no_staging_folder(tmp_path, fixture_script):
+    clone = _fake_clone(tmp_path / "cheXlocalize", {"Edema": torch.rand(1, 1, 8, 8)})
+    (clone / "LICENSE.md").unlink()
+    with pytest.raises(FileNotFoundError, match="LICENSE.md"):
+        fixture_script.write_fixture(clone, tmp_path / "out" / "sample")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_folder_that_is_not_a_chexlocalize_clone_is_a_clear_error(tmp_path, fixture_script):
     with pytest.raises(FileNotFoundError, match="rajpurkarlab/cheXlocalize"):
         fixture_script.write_fixture(tmp_path, tmp_path / "out")

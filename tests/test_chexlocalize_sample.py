@@ -92,3 +92,13 @@ def test_segmentation_iou_and_hit_equal_chexlocalizes_own_evaluation(sample):
             assert metrics.hit(full, mask, ties="first") == hit
         else:  # CheXlocalize's full-dataset mode: a segmentation where no finding was drawn scores 0
             assert metrics.chexlocalize_iou(full, mask) == 0.0
+
+
+def test_masks_mapped_to_the_input_keep_their_share_of_the_image(sample):
+    """Nearest-neighbour from 2320 x 2828 to 224 px: each drawn mask covers the same share of the image within 0.0003
+    (measured: 0.0000-0.0002; Support Devices 0.0116 -> 0.0114), so thin masks are not lost on the way."""
+    masks, _ = sample
+    for image, name in WITH_MASK:
+        original = masks[image][name]
+        mapped = data.map_mask(original, 224)
+        assert abs(mapped.mean() - original.mean()) <= 3e-4, (image, name, original.mean(), mapped.mean())

@@ -184,7 +184,7 @@ def test_dicom_is_recognised_by_content_or_by_suffix(tmp_path):
     np.testing.assert_array_equal(load_image(tmp_path / "bare.dcm", SIZE), reference)
 
 
-def test_image_size_reads_dicom_rows_and_columns_without_the_pixels(tmp_path, radiograph_path):
+def test_image_size_reads_dicom_rows_and_columns_from_the_header(tmp_path, radiograph_path):
     assert image_size(write_dicom(tmp_path / "wide.dcm", np.zeros((40, 70), np.uint16))) == (40, 70)
     with pydicom.dcmread(radiograph_path) as real:
         assert image_size(radiograph_path) == (real.Rows, real.Columns) == real.pixel_array.shape

@@ -1,5 +1,6 @@
 """helpers.io.atomic_path: a file is either the old one or the whole new one, never a half-written one."""
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers.io import atomic_path
+from helpers.io import atomic_path, remove_stale_temporaries
 
 
 class Interrupted(RuntimeError):
@@ -70,9 +71,18 @@ def test_temporaries_of_processes_no_longer_running_are_removed_by_the_next_writ
     elsewhere = tmp_path / f".cache.npy.other-machine-{dead}.abcdefgh.tmp"  # a process on another machine
     unknown = tmp_path / ".cache.npy.killed.tmp"  # not named by atomic_path: nothing to judge it by
     neighbour = tmp_path / f".other.npy.{host}-{dead}.abcdefgh.tmp"  # another target's
-    for path in (stale, live, elsewhere, unknown, neighbour):
+    locked = tmp_path / f".cache.npy.{host}-{dead}.lockedxx.tmp"  # a writer whose process id we cannot see
+    for path in (stale, live, elsewhere, unknown, neighbour, locked):
         path.write_bytes(b"partial")
-    with atomic_path(target) as tmp:
-        assert not stale.exists() and tmp.name.startswith(f".cache.npy.{host}-{os.getpid()}.")
-        tmp.write_text("whole")
-    assert all(path.exists() for path in (live, elsewhere, unknown, neighbour)) and target.read_text() == "whole"
+    holder = os.open(locked, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with atomic_path(target) as tmp:
+            assert not stale.exists() and tmp.name.startswith(f".cache.npy.{host}-{os.getpid()}.")
+            assert remove_stale_temporaries(target) == []  # its own temporary is locked and its process alive
+            tmp.write_text("whole")
+    finally:
+        os.close(holder)
+    kept = (live, elsewhere, unknown, neighbour, locked)
+    assert all(path.exists() for path in kept) and target.read_text() == "whole"
+    assert remove_stale_temporaries(target) == [locked]  # its writer let go

@@ -1,5 +1,6 @@
 import filecmp
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -188,3 +189,19 @@ def test_only_images_larger_than_128_px_square_are_rendered_on_several_threads(m
     monkeypatch.setattr(phantom.writer.joblib, "cpu_count", lambda: 8)
     assert phantom.writer.default_threads((96, 96)) == phantom.writer.default_threads((128, 128)) == 1
     assert phantom.writer.default_threads((390, 320)) == 8
+
+
+def test_threaded_map_keeps_order_and_stops_starting_tasks_after_an_error():
+    assert list(phantom.writer.threaded_map(lambda x: x * x, range(20), threads=4)) == [x * x for x in range(20)]
+    started = []
+
+    def fail_first(item):
+        started.append(item)
+        if item == 0:
+            raise ValueError("batch 0 failed")
+        time.sleep(0.01)  # 100 of them take a second; the cancel comes within milliseconds
+        return item
+
+    with pytest.raises(ValueError, match="batch 0 failed"):
+        list(phantom.writer.threaded_map(fail_first, range(100), threads=1))
+    assert len(started) < 100  # the tasks not yet started were cancelled

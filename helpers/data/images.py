@@ -148,7 +148,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
     Raises
     ------
-    OSError, ValueError, KeyError
+    OSError, ValueError
         If the file is missing or its header unreadable (PIL's errors; for DICOM, no ``Rows`` / ``Columns``).
     """
     if is_dicom(path):

@@ -318,6 +318,7 @@ def mask_audit(files: Sequence[str | os.PathLike], image_ids: Sequence[str]) -> 
 
 
 def _first(ids: Sequence[str], n: int = 3) -> str:
+    """The first ``n`` ids, comma-separated, and "..." when there are more."""
     return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +36,7 @@ from helpers.phantom.writer import (
     patient_batches,
     render_rows,
     sample_splits,
+    threaded_map,
     to_uint8,
 )
 
@@ -325,13 +325,12 @@ def render_without(
     quality = replayed.quality if jpeg else None
     groups = _batch_rounds(replayed, image_ids).items()
     # numpy, scipy and PIL release the GIL in the rendering's array work: threads share it without a process pool
-    with ThreadPoolExecutor(max_workers=threads or default_threads(replayed.shape)) as pool:
-        done = [
-            pool.submit(_render_batch_pairs, replayed, split, batch, rounds, removed, quality, out)
-            for (split, batch), rounds in groups
-        ]
-        for future in done:
-            future.result()  # re-raises a batch's error here
+    for _ in threaded_map(
+        lambda group: _render_batch_pairs(replayed, *group[0], group[1], removed, quality, out),
+        groups,
+        threads or default_threads(replayed.shape),
+    ):
+        pass  # each batch fills its own rows of out
     return out
 
 

@@ -31,8 +31,9 @@ VERSION = 8
 #: Rows rendered at once (a batch never splits a patient's studies).
 BATCH = 16
 #: Images of at most this many pixels are rendered on one thread: their rendering is mostly Python between small
-#: array calls, which holds the GIL. Measured on 2 cores (``bench_phantom.py``): two threads wrote a 96 px phantom
-#: 15% slower than one, a 224 px one 1.6x faster.
+#: array calls, which holds the GIL. Measured on 2 cores (``bench_phantom.py``, best / median of 3): two threads
+#: wrote a 96 px phantom 9% / 15% slower than one, a 128 px one 10% faster in RAM and 11% slower on disk, a 224 px
+#: one 1.6x faster.
 THREADED_MIN_PIXELS = 128 * 128
 
 
@@ -232,14 +233,26 @@ def _write_split(
     threads, and the masks are added in row order (the JSON's order) whatever order the batches finish in.
     """
     batches = patient_batches(plan.patient)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        written = pool.map(lambda rows: _write_batch(folder, plan, *rows, shape, quality), batches)
-        if progress:
-            from tqdm.auto import tqdm
+    written = threaded_map(lambda rows: _write_batch(folder, plan, *rows, shape, quality), batches, threads)
+    if progress:
+        from tqdm.auto import tqdm
 
-            written = tqdm(written, total=len(batches), desc=f"phantom {split}", unit="batch")
-        for batch_masks in written:
-            masks.update(batch_masks)
+        written = tqdm(written, total=len(batches), desc=f"phantom {split}", unit="batch")
+    for batch_masks in written:
+        masks.update(batch_masks)
+
+
+def threaded_map(function, items, threads: int):
+    """``function`` of each item on ``threads`` threads, the results yielded in the items' order. An error (or
+    an interrupt) re-raises here and cancels the tasks not yet started, so a failed render stops soon."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(function, item) for item in items]
+        try:
+            for future in futures:
+                yield future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _write_batch(folder: Path, plan: SplitPlan, start: int, stop: int, shape, quality: int) -> dict:
