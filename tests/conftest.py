@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
-from helpers import data, models, phantom
+from helpers import data, models, paths, phantom
+
+
+def _import_script(relative_path: str):
+    path = paths.PROJECT_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def import_script():
+    """Imports a script of the repository that is not in a package (``benchmarks/``, ``scripts/``) by its path."""
+    return _import_script
 
 
 @pytest.fixture(scope="session")

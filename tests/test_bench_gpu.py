@@ -1,14 +1,9 @@
 """``benchmarks/bench_gpu.py`` runs only on a GPU machine: what it reads from the notebooks and what it reports is
 checked here, so that a renamed parameter or a changed table fails on the CPU rather than on the device."""
 
-import importlib.util
-
 import pandas as pd
 import pytest
 
-from helpers import paths
-
-SCRIPT = paths.PROJECT_ROOT / "benchmarks" / "bench_gpu.py"
 #: The parameters each notebook's timing reads (``notebook_03`` .. ``notebook_05``).
 READ = {
     "03_lrp_zennit.ipynb": {"composites", "n_conservation"},
@@ -30,11 +25,8 @@ READ = {
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(import_script):
+    return import_script("benchmarks/bench_gpu.py")
 
 
 @pytest.mark.parametrize("notebook", sorted(READ))

@@ -1,6 +1,5 @@
 """``scripts/chexlocalize_fixture.py``: CheXlocalize's map pickles read as arrays, nothing else run or kept."""
 
-import importlib.util
 import json
 import os
 import pickle
@@ -9,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import paths
-
-SCRIPT = paths.PROJECT_ROOT / "scripts" / "chexlocalize_fixture.py"
 IMAGE = "patient1_study1_view1_frontal"
 
 
 @pytest.fixture(scope="module")
-def fixture_script():
-    spec = importlib.util.spec_from_file_location("chexlocalize_fixture", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def fixture_script(import_script):
+    return import_script("scripts/chexlocalize_fixture.py")
 
 
 def _fake_clone(root, maps: dict[str, torch.Tensor]):
