@@ -228,8 +228,7 @@ class Run:
         """Notebook 02: train (resuming an interrupted run) or load the finished one; the model is on :attr:`device`."""
         model, meta, history = train.train_or_load(
             self.profile, self.data(), self.model_dir, progress=progress, device=self.device
-        )
-        model = model.to(self.device).eval()
+        )  # on self.device, in eval mode
         self._loaded["model"] = (model, meta)
         return model, meta, history
 
@@ -249,7 +248,7 @@ class Run:
         model, meta, _ = train.train_or_load(
             profile, self.data(), folder, progress=progress, shuffle_labels=True, device=self.device
         )
-        return model.to(self.device).eval(), meta
+        return model, meta  # on self.device, in eval mode
 
     def shuffled_label_profile(self, epochs: int, images: int | None) -> config.Profile:
         """The profile :meth:`shuffled_label_model` trains with: ``epochs`` (no early stop) on at most ``images``
