@@ -23,20 +23,27 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import cProfile
+import functools
+import inspect
 import json
 import os
-import pstats
+import threading
 import time
+from collections.abc import Callable
 
 import pandas as pd
 import torch
 
 from helpers import config, evaluate, labels, lrp, metrics, models, paths, phantom, study, train
+from helpers.data import prepared as prepared_module
 from helpers.data.cache import decode_workers
+from helpers.explainers import Explainer
+from helpers.explainers import lrp as lrp_explainer
+from helpers.metrics import sanity
 from helpers.run import Run
 
 CHEXPERT_SMALL_TRAIN = 191_027
+_FINISHED = object()  # a sentinel: a generator's end, an attribute not held
 
 
 def notebook_parameters(notebook: str) -> dict:
@@ -65,10 +72,10 @@ class Timer:
 
     @contextlib.contextmanager
     def step(self, notebook: str, name: str, images: int):
-        self._sync()
+        self.sync()
         started = time.perf_counter()
         yield
-        self._sync()
+        self.sync()
         seconds = time.perf_counter() - started
         self.rows.append(
             {
@@ -81,9 +88,94 @@ class Timer:
         )
         print(f"{notebook} | {name} | {seconds:.2f} s | {images} images", flush=True)
 
-    def _sync(self):
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+class CallClock:
+    """Wall-clock seconds of chosen functions, counted in the main thread only and in their outermost calls.
+
+    Written here instead of reading cProfile: from Python 3.12 cProfile listens through ``sys.monitoring``, which
+    reports the calls of every thread onto one stack, so time a pool's manager thread spent waiting is booked
+    under whatever the main thread runs meanwhile (the H200 run's "11.2 s in PIL's resize", whose own time was
+    0.25 s; ``sanity_checks`` shorter than a function it calls). A generator function is timed over its own steps
+    (one more than it yields: the last ends it), not over its caller's work between them. Each timed call ends
+    with ``synchronize`` (the GPU's queue emptied), so queued kernels count where they were launched.
+
+    Parameters
+    ----------
+    targets : dict
+        ``label -> (owner, attribute)``: the function ``getattr(owner, attribute)`` is replaced while the clock
+        runs (a module where the caller looks the name up, or a class for a method).
+    synchronize : callable
+        Called after each timed call (default: nothing).
+    """
+
+    def __init__(self, targets: dict[str, tuple[object, str]], synchronize: Callable[[], None] = lambda: None):
+        self.targets, self.synchronize = targets, synchronize
+        self.calls: dict[str, list[float]] = {label: [] for label in targets}
+        self._running: set[str] = set()
+
+    def __enter__(self) -> CallClock:
+        # what the owner itself holds (nothing where a module's __getattr__ or a base class provides the name)
+        self._held = {label: vars(owner).get(name, _FINISHED) for label, (owner, name) in self.targets.items()}
+        for label, (owner, name) in self.targets.items():
+            setattr(owner, name, self._timed(label, getattr(owner, name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for label, (owner, name) in self.targets.items():
+            if self._held[label] is _FINISHED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, self._held[label])
+
+    def _timed(self, label: str, function: Callable) -> Callable:
+        if inspect.isgeneratorfunction(function):
+
+            @functools.wraps(function)
+            def steps(*args, **kwargs):
+                iterator = function(*args, **kwargs)
+                while True:
+                    with self._clock(label):
+                        item = next(iterator, _FINISHED)
+                    if item is _FINISHED:
+                        return
+                    yield item
+
+            return steps
+
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            with self._clock(label):
+                return function(*args, **kwargs)
+
+        return timed
+
+    @contextlib.contextmanager
+    def _clock(self, label: str):
+        """Times the block into ``calls[label]`` unless it runs off the main thread or inside a timed call of the
+        same label."""
+        if threading.current_thread() is not threading.main_thread() or label in self._running:
+            yield
+            return
+        self._running.add(label)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.synchronize()
+            self.calls[label].append(time.perf_counter() - started)
+            self._running.discard(label)
+
+    def lines(self) -> list[str]:
+        """One line per label: total seconds, calls and, for up to 6 calls, each call's seconds."""
+        lines = []
+        for label, seconds in self.calls.items():
+            each = f" ({', '.join(f'{s:.2f}' for s in seconds)})" if 1 < len(seconds) <= 6 else ""
+            lines.append(f"   {label}: {sum(seconds):.2f} s in {len(seconds)} calls{each}")
+        return lines
 
 
 def synthetic_steps(arch: str, batch: int, size: int, device: torch.device, steps: int = 20) -> float:
@@ -138,11 +230,11 @@ def notebook_01(run: Run, timer: Timer, args) -> None:
             )
     os.environ[config.CHEXPERT_ROOT_ENV] = str(root)
     rows = sum(len(pd.read_csv(os.path.join(root, f"{split}.csv"))) for split in ("train", "valid"))
-    profiler = cProfile.Profile()
-    with timer.step("01", f"validate + decode into the cache ({decode_workers()} processes at most)", rows):
-        prepared = profiler.runcall(run.prepare, progress=False)
+    clock = CallClock({"decode into the cache, per split": (prepared_module, "build_image_cache")})
+    with timer.step("01", f"validate + decode into the cache ({decode_workers()} processes at most)", rows), clock:
+        prepared = run.prepare(progress=False)
     print(prepared.summary().to_string())
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(12)  # where the decode's time goes
+    print("\n".join(clock.lines()))  # the splits in order: train on every core, val and test in this process
 
 
 def notebook_02(run: Run, timer: Timer) -> None:
@@ -221,13 +313,9 @@ def notebook_05(run: Run, timer: Timer) -> None:
         run.shuffled_label_model(epochs, images, progress=False)
     stages = len(model.randomisation_stages())
     step = f"model + data randomisation ({len(checked)} methods x {n_sanity} images, {stages} stages)"
-    profiler = cProfile.Profile()
-    with timer.step("05", step, n_sanity):
-        sanity = metrics.sanity_outcome(
-            profiler.runcall(study.sanity_checks, run, model, checked, n_sanity, epochs, images)
-        )
-    # where the checks' time goes: explanations on the device against similarities on the cores
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"helpers|parallel.py:\d+\(__call__\)", 14)
+    with timer.step("05", step, n_sanity), sanity_clock(timer) as clock:
+        sanity = metrics.sanity_outcome(study.sanity_checks(run, model, checked, n_sanity, epochs, images))
+    print("\n".join(clock.lines()))  # explanations on the device against similarities on the cores
     scores = pd.concat([scores, faithfulness], ignore_index=True)
     methods, reference = list(sets), study.reference_method(list(sets))
     with timer.step("05", "bootstrap summaries, paired comparisons, strata", 0):
@@ -240,6 +328,20 @@ def notebook_05(run: Run, timer: Timer) -> None:
             metrics.outcome(metrics.compare(scores, pairs, names, run.profile.n_boot, patients=patients))
         study.stratified_summary(batch, sets["gradcam"], scores, run.profile.n_boot, patients)
     print(sanity.groupby(["method", "mode"])["passes"].mean().to_string())
+
+
+def sanity_clock(timer: Timer) -> CallClock:
+    """Where the sanity checks' time goes: maps (every method, every model), LRP's share of them, the randomised
+    models (copy and re-initialisation), and the similarities."""
+    return CallClock(
+        {
+            "explain_pairs (every method and model)": (Explainer, "explain_pairs"),
+            "of which LRP's relevance_rows": (lrp_explainer, "relevance_rows"),
+            "randomised models made (steps)": (sanity, "_randomised_models"),
+            "similarity_table (every core)": (metrics, "similarity_table"),
+        },
+        timer.sync,
+    )
 
 
 def main() -> None:

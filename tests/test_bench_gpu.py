@@ -1,6 +1,10 @@
 """``benchmarks/bench_gpu.py`` runs only on a GPU machine: what it reads from the notebooks and what it reports is
 checked here, so that a renamed parameter or a changed table fails on the CPU rather than on the device."""
 
+import threading
+import time
+import types
+
 import pandas as pd
 import pytest
 
@@ -52,3 +56,65 @@ def test_the_report_adds_up_notebooks_03_to_05_and_compares_the_feed_at_the_prof
     assert "notebooks 03-05 together: 100.0 s, of which 20.0 s train the shuffled-label model; 80.0 s without it" in out
     assert "the last is 0.80 x the synthetic steps at batch 64" in out
     assert "(191,027 images): 5.0 min at 640 images/s" in out
+
+
+def _nap(seconds):
+    time.sleep(seconds)
+
+
+def _nested(depth):
+    time.sleep(0.02)
+    if depth:
+        WORK.nested(depth - 1)
+
+
+def _stages(n):
+    for stage in range(n):
+        time.sleep(0.02)
+        yield stage
+
+
+#: Functions for the clock to time, looked up through a namespace as the helpers' modules are.
+WORK = types.SimpleNamespace(nap=_nap, nested=_nested, stages=_stages)
+
+
+class _Explainer:
+    def explain(self, seconds):
+        time.sleep(seconds)
+        return self
+
+
+class _Lrp(_Explainer):
+    pass
+
+
+def test_the_call_clock_counts_outermost_main_thread_calls_and_generator_steps_then_restores(bench):
+    originals = dict(vars(WORK))
+    synced = []
+    targets = {label: (WORK, label) for label in ("nap", "nested", "stages")}
+    with bench.CallClock(targets, synchronize=lambda: synced.append(1)) as clock:
+        WORK.nap(0.03)
+        WORK.nested(2)  # three sleeps, one outermost call
+        thread = threading.Thread(target=WORK.nap, args=(0.2,))  # another thread's time is not this thread's
+        thread.start()
+        consumed = []
+        for stage in WORK.stages(3):
+            consumed.append(stage)
+            time.sleep(0.1)  # the caller's work between steps is not the generator's
+        thread.join()
+    assert consumed == [0, 1, 2]
+    assert len(clock.calls["nap"]) == 1 and 0.03 <= clock.calls["nap"][0] < 0.15
+    assert len(clock.calls["nested"]) == 1 and clock.calls["nested"][0] >= 0.06
+    assert len(clock.calls["stages"]) == 4  # three yields and the step that ends it
+    assert 0.06 <= sum(clock.calls["stages"]) < 0.2
+    assert len(synced) == 6
+    assert vars(WORK) == originals
+    assert clock.lines()[2].startswith("   stages: ") and "in 4 calls (" in clock.lines()[2]
+
+
+def test_the_call_clock_times_a_method_of_a_base_class_and_of_a_subclass_that_inherits_it(bench):
+    explainer, original = _Lrp(), _Explainer.explain
+    with bench.CallClock({"explain": (_Explainer, "explain"), "sub": (_Lrp, "explain")}) as clock:
+        assert explainer.explain(0.01) is explainer
+    assert [len(clock.calls[label]) for label in ("explain", "sub")] == [1, 1]
+    assert "explain" not in vars(_Lrp) and _Lrp.explain is _Explainer.explain is original

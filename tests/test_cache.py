@@ -4,6 +4,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -207,3 +209,40 @@ def test_a_run_folder_moves_whole_and_a_lost_data_folder_is_named(small_phantom,
     shutil.rmtree(moved / "CheXpert-v1.0-small")
     with pytest.raises(FileNotFoundError, match="prepared from is gone: .*CheXpert-v1.0-small"):
         data.load_prepared(moved / "cache", SIZE).masks("test")
+
+
+MAIN_SCRIPT = """
+import os
+import sys
+
+with open(os.environ["RUNS_LOG"], "a") as log:  # every run of this script, by name and process
+    log.write(f"{__name__} {os.getpid()}\\n")
+
+import numpy as np
+from helpers import data
+
+if __name__ == "__main__":
+    root = sys.argv[1]
+    frame = data.read_chexpert_csv(os.path.join(root, "train.csv"))
+    first, _, _ = data.build_image_cache(frame, root, 32, workers=2)
+    second, _, _ = data.build_image_cache(frame, root, 32, workers=2)  # a second pool, from the same fork server
+    np.save(sys.argv[2], np.stack([first, second]))
+    assert "CHEXPLAIN_FORKSERVER_MAIN" not in os.environ  # only the fork server's environment had it
+"""
+
+
+def test_a_scripts_decoding_workers_find_the_script_loaded_instead_of_each_running_it(small_phantom, tmp_path):
+    """multiprocessing runs a script's top level in every worker it starts (Python's forkserver preload of
+    ``__main__`` does not work up to 3.13); the fork server runs it once instead, before the workers fork."""
+    script, runs, out = tmp_path / "decode.py", tmp_path / "runs.txt", tmp_path / "images.npy"
+    script.write_text(MAIN_SCRIPT)
+    env = {**os.environ, "RUNS_LOG": str(runs)}
+    env.pop(cache.WORKERS_VARIABLE, None)
+    command = [sys.executable, str(script), str(small_phantom), str(out)]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    names = [line.split()[0] for line in runs.read_text().splitlines()]
+    assert sorted(names) == ["__main__", "__mp_main__"], names  # not one __mp_main__ per worker and pool
+    frame = data.read_chexpert_csv(small_phantom / "train.csv")
+    expected = np.stack([data.load_image(data.resolve_image_path(small_phantom, p), 32) for p in frame["Path"]])
+    assert np.array_equal(np.load(out), np.stack([expected, expected]))

@@ -19,6 +19,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from multiprocessing import forkserver, spawn
 from pathlib import Path
 
 import joblib
@@ -37,6 +38,10 @@ MAX_CHUNK_ROWS = 256
 #: By default, fewer rows than this are decoded in this process: starting the workers (a fork server
 #: that imports numpy, PIL and torch) takes seconds, as long as decoding about a thousand images.
 PARALLEL_MIN_ROWS = 1000
+#: The module the fork server preloads to run this process's main script once (see :func:`_worker_context`),
+#: and the environment variable that tells it the script's path.
+FORKSERVER_MAIN_MODULE = "helpers.data._forkserver_main"
+FORKSERVER_MAIN_VARIABLE = "CHEXPLAIN_FORKSERVER_MAIN"
 #: Tasks per worker when rows are few, so one slow chunk does not leave the other cores idle.
 CHUNKS_PER_WORKER = 4
 
@@ -214,15 +219,35 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     """``forkserver`` (``spawn`` where it does not exist): forking this process is unsafe once torch runs
     threads here.
 
-    The fork server imports the main script and this module (hence numpy, PIL, pandas and torch) once,
-    when it starts; workers fork from it ready. Without that, every worker of every pool would import
-    them again (multiprocessing imports the main script in each worker): seconds per pool.
+    The fork server imports this module (hence numpy, PIL, pandas and torch) and the main script, if any, once,
+    when it starts; workers fork from it ready. Without that, every worker of every pool would import them again
+    (multiprocessing runs the main script in each worker): seconds per pool. Python's own preload of
+    ``"__main__"`` never reaches the server (:mod:`helpers.data._forkserver_main` does it instead; ``"__main__"``
+    stays listed for a Python that fixes it).
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__])  # no effect once a fork server runs
+    context.set_forkserver_preload(["__main__", FORKSERVER_MAIN_MODULE, __name__])  # no effect once one runs
+    main_path = spawn.get_preparation_data("decoding").get("init_main_from_path")  # None in a notebook kernel
+    if main_path:
+        _start_fork_server({FORKSERVER_MAIN_VARIABLE: main_path})
     return context
+
+
+def _start_fork_server(environment: dict[str, str]) -> None:
+    """Start the fork server now, if none runs, with ``environment`` added to its environment only (this process's
+    is restored, so no other child inherits it)."""
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _checked(problems: list[tuple[int, DatasetError]], on_bad: str) -> list[tuple[int, DatasetError]]:
@@ -247,8 +272,8 @@ def _process_pool(workers: int):
         ) from error
     finally:
         # after a failure, wait: no worker may still write to a file about to be removed. After success every
-        # task has returned (its rows flushed), and waiting for the workers to exit cost 10.7 s on a 16-core
-        # machine (benchmarks/results/bench_gpu_h100.log)
+        # task has returned (its rows flushed); waiting for the workers to exit cost 10.7 s on a 16-core machine
+        # (benchmarks/results/bench_gpu_h100.log), workers then still running the benchmark script at their start
         pool.shutdown(wait=not finished, cancel_futures=True)
 
 

@@ -122,8 +122,8 @@ def randomised_maps(
     """Per explainer, the maps of ``pairs`` (:meth:`~helpers.explainers.Explainer.explain_pairs`) of
     :func:`model_randomisation`'s randomised models, keyed ``f"{mode}:{stage}"`` in stage order.
 
-    Each randomised model is made once and explained by every explainer (re-initialising a DenseNet-121 on a
-    GPU took longer than explaining it). Other parameters as in :func:`model_randomisation`.
+    Each randomised model is made once and explained by every explainer (one copy and re-initialisation per
+    stage, whatever the number of explainers). Other parameters as in :func:`model_randomisation`.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
