@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
-import tempfile
 from pathlib import Path
 
 try:
@@ -41,10 +41,9 @@ class atomic_path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.target)
         prefix = f".{self.target.name}.{socket.gethostname()}-{os.getpid()}."
-        self._lock, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.target.parent)
+        self._lock, self.tmp = _create_temporary(self.target.parent, prefix)
         if fcntl is not None:
             fcntl.flock(self._lock, fcntl.LOCK_EX)  # held while this process lives: the file is not stale
-        self.tmp = Path(name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -57,17 +56,45 @@ class atomic_path:
             os.close(self._lock)
 
 
+def _create_temporary(folder: Path, prefix: str) -> tuple[int, Path]:
+    """A new empty file ``folder/<prefix><random>.tmp``, opened; its descriptor and path.
+
+    Written by hand because :func:`tempfile.mkstemp` makes files only their owner may read, and the rename would
+    keep that: a cache or table shared with other users must get the mode any new file gets (0666 less the umask).
+    """
+    while True:
+        path = folder / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+
+
+def new_folder(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new empty folder ``parent/<prefix><random>`` with the mode any new folder gets (0777 less the umask), to
+    fill and then rename into place; :func:`tempfile.mkdtemp` would make it, and what is renamed from it, private."""
+    while True:
+        path = Path(parent) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(mode=0o777)
+            return path
+        except FileExistsError:
+            continue
+
+
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     """Remove the temporaries of ``target`` that :class:`atomic_path` made on this machine in a process that no
     longer runs and that nobody holds locked; returns them. Those of running processes (this one included), those
     still locked (a writer in another process namespace under the same machine name), those of other machines
-    sharing the folder, and those of other names are left alone."""
-    target = Path(target)
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp")
+    sharing the folder, and those of other names are left alone. A temporary of a temporary of ``target`` (a file
+    rewritten in place before its rename, such as a compacted cache) counts as one of ``target``'s, judged by its
+    own writer."""
+    target, host = Path(target), socket.gethostname()
+    pattern = re.compile(rf"\.+{re.escape(target.name)}\.(?:.*\.)?{re.escape(host)}-(?P<pid>\d+)\.[^.]+\.tmp")
     removed = []
-    for candidate in target.parent.glob(f".{target.name}.*.tmp"):
+    for candidate in target.parent.glob(f".*{target.name}.*.tmp"):
         found = pattern.fullmatch(candidate.name)
-        if found and found["host"] == socket.gethostname() and not _running(int(found["pid"])):
+        if found and not _running(int(found["pid"])):
             if _unlink_unless_locked(candidate):
                 removed.append(candidate)
     return removed

@@ -74,6 +74,9 @@ def test_skip_compacts_the_kept_rows_and_raise_names_the_first_bad_file(phantom_
     assert skipped["Path"].tolist() == [frame["Path"].iat[3], frame["Path"].iat[50]]
     assert "Corrupt" in skipped["problem"].iat[0] and "missing" in skipped["problem"].iat[1]
     assert leftovers(tmp_path / "cache") == ["c.npy", "c.paths.txt", "c.skipped.csv"]
+    # the cache with skipped rows is not passed off as complete to a caller who asked for errors
+    with pytest.raises(data.DatasetError, match=f"Corrupt or truncated image: {files[3]}.*dropped 2 rows"):
+        data.build_image_cache(frame, phantom_copy, SIZE, tmp_path / "cache" / "c.npy", workers=WORKERS)
 
 
 def test_interrupted_decode_leaves_the_old_cache_and_no_temporary_file(phantom_copy, tmp_path, monkeypatch):
@@ -100,6 +103,25 @@ def test_interrupted_decode_leaves_the_old_cache_and_no_temporary_file(phantom_c
     images, _, _ = data.build_image_cache(frame, phantom_copy, SIZE, target, workers=WORKERS)
     assert images[0].max() == 0 and old[0].max() > 0 and np.array_equal(images[1:], old[1:])
     assert np.array_equal(images, sequential(frame, phantom_copy))
+
+
+def test_a_rebuild_that_dies_before_its_sidecars_never_serves_its_images_under_the_old_rows(
+    small_phantom, frame, tmp_path, monkeypatch
+):
+    target = tmp_path / "c.npy"
+    data.build_image_cache(frame, small_phantom, SIZE, target, workers=1)
+    reversed_rows = frame.iloc[::-1]  # the same files in another order: the old sidecar's paths sort equal
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "_write_sidecars", killed)  # dies after the rename, before the new sidecars
+    with pytest.raises(KeyboardInterrupt):
+        data.build_image_cache(reversed_rows, small_phantom, SIZE, target, workers=1)
+    monkeypatch.undo()
+    images, kept, _ = data.build_image_cache(frame, small_phantom, SIZE, target, workers=1)
+    assert kept["Path"].tolist() == frame["Path"].tolist()
+    assert np.array_equal(images, sequential(frame, small_phantom))
 
 
 def test_failure_in_this_process_leaves_no_temporary_file(small_phantom, frame, tmp_path, monkeypatch):
@@ -231,15 +253,18 @@ if __name__ == "__main__":
 """
 
 
-def test_a_scripts_decoding_workers_find_the_script_loaded_instead_of_each_running_it(small_phantom, tmp_path):
+@pytest.mark.parametrize("run_as", ["file", "module"])
+def test_a_scripts_decoding_workers_find_the_script_loaded_instead_of_each_running_it(small_phantom, tmp_path, run_as):
     """multiprocessing runs a script's top level in every worker it starts (Python's forkserver preload of
-    ``__main__`` does not work up to 3.13); the fork server runs it once instead, before the workers fork."""
-    script, runs, out = tmp_path / "decode.py", tmp_path / "runs.txt", tmp_path / "images.npy"
+    ``__main__`` does not work up to 3.13); the fork server runs it once instead, before the workers fork. The same
+    for ``python -m``, which names the script by its module."""
+    script, runs, out = tmp_path / "decode_script.py", tmp_path / "runs.txt", tmp_path / "images.npy"
     script.write_text(MAIN_SCRIPT)
     env = {**os.environ, "RUNS_LOG": str(runs)}
     env.pop(cache.WORKERS_VARIABLE, None)
-    command = [sys.executable, str(script), str(small_phantom), str(out)]
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    how = [str(script)] if run_as == "file" else ["-m", "decode_script"]
+    command = [sys.executable, *how, str(small_phantom), str(out)]
+    finished = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     names = [line.split()[0] for line in runs.read_text().splitlines()]
     assert sorted(names) == ["__main__", "__mp_main__"], names  # not one __mp_main__ per worker and pool

@@ -207,6 +207,8 @@ def test_explainers_reject_unknown_layers_and_models(model, images):
 
 def test_batch_size_on_cuda_is_what_half_the_free_memory_holds_within_1_and_most(monkeypatch):
     cuda, per_image = torch.device("cuda"), base.PEAK_BYTES_PER_PIXEL * 224**2  # about 1.1 GB at 224 px
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * per_image, 80 * per_image))
     assert explainers.batch_size_for(cuda, 224, default=4) == 10  # half of what is free
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (per_image, 80 * per_image))
@@ -214,3 +216,19 @@ def test_batch_size_on_cuda_is_what_half_the_free_memory_holds_within_1_and_most
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000 * per_image, 2000 * per_image))
     assert explainers.batch_size_for(cuda, 224, default=4, most=64) == 64
     assert explainers.batch_size_for(torch.device("cpu"), 224, default=4) == 4  # off CUDA: the explainer's own
+    # what torch's allocator caches but no tensor uses (left by training in this process) is free for explanations
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * per_image, 80 * per_image))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 50 * per_image)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 34 * per_image)
+    assert explainers.batch_size_for(cuda, 224, default=4) == 10  # (4 + 50 - 34) / 2
+
+
+def test_batch_size_on_mps_is_what_half_its_recommended_memory_left_holds(monkeypatch):
+    mps, per_image = torch.device("mps"), base.PEAK_BYTES_PER_PIXEL * 224**2
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 30 * per_image, raising=False)
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 10 * per_image, raising=False)
+    assert explainers.batch_size_for(mps, 224, default=4) == 10
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 40 * per_image, raising=False)
+    assert explainers.batch_size_for(mps, 224, default=4) == 1
+    monkeypatch.delattr(torch.mps, "recommended_max_memory")
+    assert explainers.batch_size_for(mps, 224, default=4) == 4  # a torch that cannot tell: the explainer's own

@@ -3,12 +3,13 @@
 import fcntl
 import os
 import socket
+import stat
 import subprocess
 import sys
 
 import pytest
 
-from helpers.io import atomic_path, remove_stale_temporaries
+from helpers.io import atomic_path, new_folder, remove_stale_temporaries
 
 
 class Interrupted(RuntimeError):
@@ -86,3 +87,30 @@ def test_temporaries_of_processes_no_longer_running_are_removed_by_the_next_writ
     kept = (live, elsewhere, unknown, neighbour, locked)
     assert all(path.exists() for path in kept) and target.read_text() == "whole"
     assert remove_stale_temporaries(target) == [locked]  # its writer let go
+
+
+def test_a_temporary_of_a_temporary_left_by_a_killed_run_is_removed_too(tmp_path):
+    """A cache compacted in place writes a temporary of its own temporary: a kill then leaves both."""
+    target, host = tmp_path / "cache.npy", socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    outer = tmp_path / f".cache.npy.{host}-{dead}.k2j4_x9a.tmp"
+    nested = tmp_path / f"..cache.npy.{host}-{dead}.k2j4_x9a.tmp.{host}-{dead}.abcdefgh.tmp"
+    live = tmp_path / f"..cache.npy.{host}-{dead}.k2j4_x9a.tmp.{host}-{os.getpid()}.abcdefgh.tmp"
+    other = tmp_path / f"..xcache.npy.{host}-{dead}.k2j4_x9a.tmp.{host}-{dead}.abcdefgh.tmp"
+    for path in (outer, nested, live, other):
+        path.write_bytes(b"partial")
+    assert sorted(remove_stale_temporaries(target)) == sorted([outer, nested])
+    assert live.exists() and other.exists()
+
+
+def test_written_files_and_new_folders_get_the_mode_of_any_new_file_not_a_private_one(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "table.csv") as tmp:
+            tmp.write_text("a,b\n")
+        folder = new_folder(tmp_path, ".phantom.")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "table.csv").stat().st_mode) == 0o644  # mkstemp's would be 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755 and folder.name.startswith(".phantom.")

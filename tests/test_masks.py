@@ -152,7 +152,7 @@ def test_rle_must_match_the_image_files_field_of_view(tmp_path):
 
 @pytest.mark.parametrize(
     "counts",
-    ["0", "", "0d1", "PVWX6", "ab c", [5, 3], [25], [-5, 25]],
+    ["0", "", "0d1", "PVWX6", "ab c", [5, 3], [25], [-5, 25], [2.5, 17.5], ["3", 17], [True, 19]],
     ids=[
         "too-few-runs",
         "empty",
@@ -162,12 +162,23 @@ def test_rle_must_match_the_image_files_field_of_view(tmp_path):
         "short-list",
         "long-list",
         "negative",
+        "fractional",
+        "text-run",
+        "boolean-run",
     ],
 )
 def test_corrupt_rle_names_the_entry(tmp_path, counts):
     file = write_json(tmp_path / "gt.json", {ID: {"Atelectasis": {"size": [4, 5], "counts": counts}}})
     with pytest.raises(data.DatasetError, match=f"{ID!r} / 'Atelectasis' is not a valid COCO RLE"):
         data.load_masks(file)
+
+
+@pytest.mark.parametrize(
+    "counts, reason", [([-5, 25], "a run of -5"), ([2.5, 17.5], "a run of 2.5"), ([5, 3], "cover 8")]
+)
+def test_a_corrupt_rle_says_what_is_wrong_with_its_runs(counts, reason):
+    with pytest.raises(ValueError, match=reason):
+        masks.decode_mask({"size": [4, 5], "counts": counts})
 
 
 def test_uncompressed_rle_counts_decode():

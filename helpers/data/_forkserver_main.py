@@ -8,32 +8,32 @@ the script in every worker it starts. For a script that imports torch and the ex
 benchmarks), a second 2-worker pool on 1,800 small images took 5.2 s instead of 0.5 s on the 2-core CI machine.
 A notebook kernel has no main script and is not concerned.
 
-The parent names the script in :data:`~helpers.data.cache.FORKSERVER_MAIN_VARIABLE`, in the server's environment
-only (read here, then removed, so the workers do not inherit it). Nothing else imports this module. As the fork
-server itself would, the script runs as ``__mp_main__`` with process creation refused, so an unguarded
-script cannot start pools from the server. A script that fails here is left to the workers, which run it as they
-would without this module and report its error there.
+The parent names the script (its path, or its module name under ``python -m``) in
+:data:`~helpers.data.cache.FORKSERVER_MAIN_VARIABLE`, in the server's environment only (read here, then removed, so
+the workers do not inherit it). Nothing else imports this module. The script is prepared as multiprocessing
+prepares a worker (:func:`multiprocessing.spawn.prepare`: run as ``__mp_main__``, skipped where already loaded),
+with process creation refused, as the fork server itself would do it, so an unguarded script cannot start pools
+from the server. A script that fails here is left to the workers, which run it as they would without this module
+and report its error there. What a script's top level starts (threads, a CUDA context) now lives in the process
+the workers fork from: as multiprocessing already asks, a script's top level should only import and define.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import sys
 from multiprocessing import process, spawn
 
 from helpers.data.cache import FORKSERVER_MAIN_VARIABLE
 
 
-def load_main(path: str) -> bool:
-    """Run the script at ``path`` as ``__mp_main__`` unless it is loaded already; whether it is loaded now."""
-    if getattr(sys.modules.get("__main__"), "__file__", None) == path:  # a Python whose fork server did it
-        return True
-    if os.path.splitext(os.path.basename(path))[0] == "ipython":  # unguarded; the workers skip it too
-        return False
+def load_main(main: dict[str, str]) -> bool:
+    """Prepare ``main`` (``{"init_main_from_path": path}`` or ``{"init_main_from_name": module}``, from
+    :func:`multiprocessing.spawn.get_preparation_data`) as a worker would; whether it went through."""
     current = process.current_process()
     current._inheriting = True  # what multiprocessing checks to refuse new processes while a main script loads
     try:
-        spawn.import_main_path(path)
+        spawn.prepare(main)
         return True
     except (Exception, SystemExit):  # the workers run it themselves and report the error
         return False
@@ -41,6 +41,6 @@ def load_main(path: str) -> bool:
         del current._inheriting
 
 
-_path = os.environ.pop(FORKSERVER_MAIN_VARIABLE, None)
-if _path:
-    load_main(_path)
+_main = os.environ.pop(FORKSERVER_MAIN_VARIABLE, None)
+if _main:
+    load_main(json.loads(_main))

@@ -12,6 +12,7 @@ audited skip dropped. A cache is reused only when both match the rows asked for.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import multiprocessing
 import os
@@ -39,7 +40,7 @@ MAX_CHUNK_ROWS = 256
 #: that imports numpy, PIL and torch) takes seconds, as long as decoding about a thousand images.
 PARALLEL_MIN_ROWS = 1000
 #: The module the fork server preloads to run this process's main script once (see :func:`_worker_context`),
-#: and the environment variable that tells it the script's path.
+#: and the environment variable that tells it the script's path or module name (as multiprocessing's JSON).
 FORKSERVER_MAIN_MODULE = "helpers.data._forkserver_main"
 FORKSERVER_MAIN_VARIABLE = "CHEXPLAIN_FORKSERVER_MAIN"
 #: Tasks per worker when rows are few, so one slow chunk does not leave the other cores idle.
@@ -101,6 +102,7 @@ def build_image_cache(
     fingerprint = _source_fingerprint(frame, root)
     cached = _read_cache(cache_file, frame, size, fingerprint)
     if cached is not None:
+        _refuse_recorded_skips(cached[2], cache_file, on_bad)
         return cached
     files = [str(resolve_image_path(root, csv_path)) for csv_path in frame["Path"]]
     workers = _processes_for(len(files), workers)
@@ -113,6 +115,9 @@ def build_image_cache(
         cache_file = Path(cache_file)
         with atomic_path(cache_file) as npy:
             problems = _decode_to_npy(npy, files, size, on_bad, workers)
+            # the old cache's completeness marker goes before its images are replaced: new images are never read
+            # with old rows, even if this process dies before it writes their own sidecars
+            _cache_sidecars(cache_file)[0].unlink(missing_ok=True)
     skipped_positions = [position for position, _ in problems]
     kept = frame.iloc[np.setdiff1d(np.arange(len(frame)), skipped_positions)]
     skipped = pd.DataFrame(
@@ -229,9 +234,10 @@ def _worker_context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["__main__", FORKSERVER_MAIN_MODULE, __name__])  # no effect once one runs
-    main_path = spawn.get_preparation_data("decoding").get("init_main_from_path")  # None in a notebook kernel
-    if main_path:
-        _start_fork_server({FORKSERVER_MAIN_VARIABLE: main_path})
+    preparation = spawn.get_preparation_data("decoding")
+    main = {key: preparation[key] for key in ("init_main_from_path", "init_main_from_name") if key in preparation}
+    if main:  # a script or ``python -m``; nothing in a notebook kernel
+        _start_fork_server({FORKSERVER_MAIN_VARIABLE: json.dumps(main)})
     return context
 
 
@@ -320,10 +326,20 @@ def _read_cache(cache_file, frame: pd.DataFrame, size: int, fingerprint: str):
     if sorted(cached_paths + skipped["Path"].tolist()) != sorted(frame["Path"].tolist()):
         return None
     images = np.load(cache_file, mmap_mode="r")
-    if images.shape[1:] != (size, size):
+    if images.shape != (len(cached_paths), size, size):
         return None
     kept = frame.set_index("Path", drop=False).loc[cached_paths].reset_index(drop=True)
     return images, kept, skipped
+
+
+def _refuse_recorded_skips(skipped: pd.DataFrame, cache_file, on_bad: str) -> None:
+    """With ``on_bad="raise"``, a cache built with ``on_bad="skip"`` that dropped rows raises as a fresh decode
+    would, with the first dropped row's recorded problem."""
+    if on_bad == "raise" and not skipped.empty:
+        raise DatasetError(
+            f"{skipped['problem'].iat[0]} (recorded in {_cache_sidecars(Path(cache_file))[1]} when this cache was "
+            f"built with on_bad='skip', which dropped {len(skipped)} rows; pass on_bad='skip' to use it as it is)"
+        )
 
 
 def _write_sidecars(cache_file: Path, kept: pd.DataFrame, skipped: pd.DataFrame, fingerprint: str) -> None:

@@ -79,13 +79,16 @@ def decode_mask(rle: Mapping) -> np.ndarray:
     Raises
     ------
     ValueError
-        If ``size`` is not two positive integers, or the runs do not cover ``h * w`` pixels exactly
-        (pycocotools itself would return uninitialised memory for too few runs).
+        If ``size`` is not two positive integers, a run is not a whole number >= 0, or the runs do not cover
+        ``h * w`` pixels exactly (pycocotools itself would return uninitialised memory for too few runs).
     """
     height, width = _size_pair(rle["size"])
     counts = rle["counts"]
     runs = counts if isinstance(counts, list) else _compressed_runs(counts)
-    if any(not isinstance(run, int) or run < 0 for run in runs) or sum(runs) != height * width:
+    odd = next((run for run in runs if isinstance(run, bool) or not isinstance(run, int) or run < 0), None)
+    if odd is not None:
+        raise ValueError(f"it has a run of {odd!r}, not a whole number >= 0: the RLE is corrupt")
+    if sum(runs) != height * width:
         raise ValueError(f"its runs cover {sum(runs)} pixels, not h * w = {height * width}: the RLE is corrupt")
     compressed = coco_mask.frPyObjects(rle, height, width) if isinstance(counts, list) else rle
     return coco_mask.decode({"size": [height, width], "counts": compressed["counts"]}).astype(bool)

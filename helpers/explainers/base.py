@@ -148,14 +148,25 @@ def _probabilities(model: nn.Module, batch: torch.Tensor, classes: Sequence[int]
 
 
 def batch_size_for(device: torch.device, image_size: int, default: int, most: int = 64) -> int:
-    """Images per explanation batch: ``default`` off CUDA; on CUDA as many as half the free memory holds.
+    """Images per explanation batch: ``default`` on the CPU; on CUDA and MPS as many as half the free memory holds.
 
-    Sized by :data:`PEAK_BYTES_PER_PIXEL`, a measured peak, so smaller networks get a safe margin.
+    Sized by :data:`PEAK_BYTES_PER_PIXEL`, a measured peak, so smaller networks get a safe margin. Memory torch's
+    caching allocator holds but no tensor uses (after training in the same process, say) counts as free.
     """
-    if device.type != "cuda":
+    free = _free_memory(device)
+    if free is None:
         return default
-    free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(most, free // 2 // (PEAK_BYTES_PER_PIXEL * image_size**2))))
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes the device can still give tensors (``None`` on the CPU, or on an MPS torch that cannot tell)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return max(0, torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
+    return None
 
 
 def model_device(model: nn.Module) -> torch.device:

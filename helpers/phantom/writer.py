@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from helpers.io import new_folder
 from helpers.labels import PATHOLOGIES
 from helpers.phantom.labels import FINDINGS, chexpert_stats, drawing_strength, patients, sample_labels
 from helpers.phantom.marker import STREAM, Marker, marker_masks, sample_marker
@@ -118,7 +118,7 @@ def generate(
     if _existing_manifest(root) == manifest:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    tmp = new_folder(root.parent, f".{root.name}.")
     try:
         _write_dataset(tmp, manifest, progress, threads or default_threads((height, image_size)))
         _replace_folder(tmp, root)
