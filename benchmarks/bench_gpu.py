@@ -101,7 +101,8 @@ class CallClock:
     under whatever the main thread runs meanwhile (the H200 run's "11.2 s in PIL's resize", whose own time was
     0.25 s; ``sanity_checks`` shorter than a function it calls). A generator function is timed over its own steps
     (one more than it yields: the last ends it), not over its caller's work between them. Each timed call ends
-    with ``synchronize`` (the GPU's queue emptied), so queued kernels count where they were launched.
+    with ``synchronize`` (the GPU's queue emptied), so queued kernels count where they were launched; the functions
+    timed here copy their maps to the host right after anyway, so the step's own time hardly moves.
 
     Parameters
     ----------

@@ -92,7 +92,9 @@ def resize_to_input(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def _to_input_size(gray: Image.Image, size: int) -> np.ndarray:
-    return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    # through the one stated geometry, the one masks are mapped with (helpers.data.masks.map_mask)
+    geometry = input_geometry((gray.height, gray.width), size)
+    return np.asarray(geometry.apply(gray, Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def _read_picture(path: Path, size: int) -> Image.Image:
