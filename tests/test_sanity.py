@@ -43,6 +43,16 @@ class FreshNoise(explainers.Explainer):
         return noise.to(batch)
 
 
+class Blank(explainers.Explainer):
+    """Zero maps whatever the model: an explainer that shows nothing, so no check may call it sensitive."""
+
+    def __init__(self, name="blank"):
+        super().__init__(name)
+
+    def attribute(self, net, batch, classes):
+        return torch.zeros((len(batch), len(classes), *batch.shape[-2:])).to(batch)
+
+
 class ThreeConvs(nn.Module):
     """14 logits: the pooled output of three convolutions."""
 
@@ -87,7 +97,10 @@ def test_similarities_of_hand_made_maps():
         assert similarity(pattern, pattern) == pytest.approx(1.0), name
         noise = [similarity(rng.standard_normal((64, 64)), rng.standard_normal((64, 64))) for _ in range(3)]
         assert np.abs(noise).max() < 0.15, name
-        assert similarity(np.ones((64, 64)), pattern) == 0.0, name  # a constant map has no structure to share
+        # a flat trained map has nothing a randomisation could destroy: not judged; a flat randomised one changed
+        flat = np.ones((64, 64))
+        assert np.isnan(similarity(flat, pattern)) and np.isnan(similarity(flat, flat)), name
+        assert similarity(pattern, np.ones((64, 64))) == 0.0, name
         assert np.isnan(similarity(pattern, np.where(pattern > 0.5, np.nan, pattern))), name
     assert sanity.spearman(pattern, -pattern) == pytest.approx(-1.0)
     assert sanity.spearman_abs(pattern, -pattern) == pytest.approx(1.0)
@@ -172,6 +185,18 @@ def test_a_map_that_only_flips_sign_fails_and_fresh_noise_passes(model, images):
             assert not row["passes"] and row["n"] == len(pairs), (stage, similarity)
     noise = sanity.cascading_randomisation(model, images, FreshNoise(), pairs, stages=stages)
     assert sanity.sanity_outcome(noise)["passes"].all()
+
+
+def test_a_blank_explainer_fails_every_check_instead_of_passing_as_changed(model, images):
+    pairs, stages = [(i, "Edema") for i in range(2)], model.randomisation_stages()[:2]
+    rows = pd.concat(
+        [sanity.model_randomisation(model, images, Blank(), pairs, mode=mode, stages=stages) for mode in sanity.MODES]
+    )
+    blank = _heatmap_set(np.zeros((2, 2, SIZE, SIZE)))
+    rows = pd.concat([rows, sanity.data_randomisation(blank, blank, [(0, "Edema"), (1, "Pneumonia")])])
+    assert rows["value"].isna().all()  # with 0 for "no structure", every similarity would be below 0.5: "passes"
+    outcome = sanity.sanity_outcome(rows)
+    assert len(outcome) == (2 * 2 + 1) * 5 and not outcome["passes"].any() and (outcome["n"] == 0).all()
 
 
 # ----------------------------------------------------------------------------- data randomisation and outcome

@@ -209,7 +209,7 @@ def map_shift(before: HeatmapSet, after: HeatmapSet, targets: Sequence[tuple[int
     DataFrame
         ``image, pathology, method, metric, value`` with metric ``map_shift`` = 1 - Spearman of ``|R|`` (0: the
         map did not move, 1: unrelated); sign-blind, so a map whose sign flips with its logit is not counted as
-        moving.
+        moving. NaN where the map before is flat (nothing to move).
     """
     out = [
         (

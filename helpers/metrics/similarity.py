@@ -1,6 +1,11 @@
 """How alike two maps are: the similarities of the sanity checks (:mod:`helpers.metrics.sanity`), signed and
 sign-blind.
 
+Each compares a ``reference`` (the trained model's map) with another. A flat reference has no structure a
+randomisation could destroy, so it gives NaN, never a low similarity that would count as "changed" (a method
+whose maps are blank would otherwise pass every check); a flat other map against a structured reference is a
+change and gives 0.
+
 numpy, scipy and scikit-image only (no torch), so that the worker processes computing them in parallel start
 quickly.
 """
@@ -28,31 +33,31 @@ def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
     return float(stats.spearmanr(first.ravel(), second.ravel()).statistic)
 
 
-def spearman(first: np.ndarray, second: np.ndarray) -> float:
+def spearman(reference: np.ndarray, other: np.ndarray) -> float:
     """Spearman rank correlation of two signed maps.
 
     Parameters
     ----------
-    first, second : numpy.ndarray
-        2-D maps of the same shape.
+    reference, other : numpy.ndarray
+        2-D maps of the same shape; ``reference`` is the trained model's.
 
     Returns
     -------
     float
-        In [-1, 1]; a map against its negative gives -1. 0 when either map is constant, NaN when either holds
-        inf or NaN.
+        In [-1, 1]; a map against its negative gives -1. NaN when ``reference`` is constant or either map holds
+        inf or NaN; 0 when only ``other`` is constant.
     """
-    if not _finite(first, second):
+    if _unjudgeable(reference, other):
         return float("nan")
-    return rank_correlation(np.asarray(first, np.float64), np.asarray(second, np.float64))
+    return rank_correlation(np.asarray(reference, np.float64), np.asarray(other, np.float64))
 
 
-def spearman_abs(first: np.ndarray, second: np.ndarray) -> float:
-    """:func:`spearman` of ``|first|`` and ``|second|``: blind to the sign (a map against its negative gives 1)."""
-    return spearman(np.abs(first), np.abs(second))
+def spearman_abs(reference: np.ndarray, other: np.ndarray) -> float:
+    """:func:`spearman` of ``|reference|`` and ``|other|``: blind to the sign (a map against its negative gives 1)."""
+    return spearman(np.abs(reference), np.abs(other))
 
 
-def ssim(first: np.ndarray, second: np.ndarray) -> float:
+def ssim(reference: np.ndarray, other: np.ndarray) -> float:
     """Structural similarity of the two maps, each min-max scaled to [0, 1] (``data_range=1``).
 
     scikit-image's :func:`~skimage.metrics.structural_similarity` with its defaults (7 x 7 uniform window).
@@ -60,28 +65,28 @@ def ssim(first: np.ndarray, second: np.ndarray) -> float:
 
     Parameters
     ----------
-    first, second : numpy.ndarray
-        2-D maps of the same shape, at least 7 px a side.
+    reference, other : numpy.ndarray
+        2-D maps of the same shape, at least 7 px a side; ``reference`` is the trained model's.
 
     Returns
     -------
     float
-        In [-1, 1]; 1 for identical maps. 0 when either map is constant (it has no structure to compare),
-        NaN when either holds inf or NaN.
+        In [-1, 1]; 1 for identical maps. NaN when ``reference`` is constant or either map holds inf or NaN;
+        0 when only ``other`` is constant (it has no structure left to compare).
     """
-    if not _finite(first, second):
+    if _unjudgeable(reference, other):
         return float("nan")
-    if np.ptp(first) == 0 or np.ptp(second) == 0:
+    if np.ptp(other) == 0:
         return 0.0
-    return float(structural_similarity(_scaled(first), _scaled(second), data_range=1.0))
+    return float(structural_similarity(_scaled(reference), _scaled(other), data_range=1.0))
 
 
-def ssim_abs(first: np.ndarray, second: np.ndarray) -> float:
+def ssim_abs(reference: np.ndarray, other: np.ndarray) -> float:
     """:func:`ssim` of ``|R|``: blind to a sign flip of the whole map (Adebayo et al. report both)."""
-    return ssim(np.abs(first), np.abs(second))
+    return ssim(np.abs(reference), np.abs(other))
 
 
-def hog_similarity(first: np.ndarray, second: np.ndarray) -> float:
+def hog_similarity(reference: np.ndarray, other: np.ndarray) -> float:
     """Pearson correlation of the HOG descriptors of the two maps, each min-max scaled to [0, 1].
 
     Descriptors from :func:`skimage.feature.hog` with :data:`HOG_PARAMS`. The orientations are unsigned, so
@@ -89,21 +94,23 @@ def hog_similarity(first: np.ndarray, second: np.ndarray) -> float:
 
     Parameters
     ----------
-    first, second : numpy.ndarray
-        2-D maps of the same shape, at least 16 px a side.
+    reference, other : numpy.ndarray
+        2-D maps of the same shape, at least 16 px a side; ``reference`` is the trained model's.
 
     Returns
     -------
     float
-        In [-1, 1]; 1 for identical maps. 0 when either map or either descriptor is constant, NaN when either
-        map holds inf or NaN.
+        In [-1, 1]; 1 for identical maps. NaN when ``reference`` or its descriptor is constant or either map
+        holds inf or NaN; 0 when only ``other`` or its descriptor is constant.
     """
-    if not _finite(first, second):
+    if _unjudgeable(reference, other):
         return float("nan")
-    if np.ptp(first) == 0 or np.ptp(second) == 0:
+    if np.ptp(other) == 0:
         return 0.0
-    a, b = (hog(_scaled(m), feature_vector=True, **HOG_PARAMS) for m in (first, second))
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
+    a, b = (hog(_scaled(m), feature_vector=True, **HOG_PARAMS) for m in (reference, other))
+    if np.ptp(a) == 0:
+        return float("nan")
+    if np.ptp(b) == 0:
         return 0.0
     return float(stats.pearsonr(a, b).statistic)
 
@@ -118,8 +125,9 @@ SIMILARITIES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-def _finite(*maps: np.ndarray) -> bool:
-    return all(np.isfinite(m).all() for m in maps)
+def _unjudgeable(reference: np.ndarray, other: np.ndarray) -> bool:
+    """A flat reference (nothing a randomisation could destroy) or a map with inf or NaN."""
+    return not (np.isfinite(reference).all() and np.isfinite(other).all()) or np.ptp(reference) == 0
 
 
 def _scaled(heatmap: np.ndarray) -> np.ndarray:
