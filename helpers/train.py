@@ -194,7 +194,7 @@ def fit(
     scheduler = _scheduler(optimizer, settings)
     state = {"epoch": 0, "best": -np.inf, "stale": 0, "history": []}
     if resume and (out_dir / LAST).is_file():
-        state = _restore(out_dir / LAST, model, optimizer, scheduler, profile)
+        state = _restore(out_dir / LAST, model, optimizer, scheduler, profile, processes)
     network = nn.parallel.DistributedDataParallel(model) if _distributed() else model
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     val_targets, val_mask = val_set.targets, val_set.loss_mask
@@ -345,13 +345,29 @@ def _plain_state(state: dict) -> dict:
     return {**state, "best": float(state["best"]), "history": list(state["history"])}
 
 
-def _restore(path: Path, model, optimizer, scheduler, profile: Profile) -> dict:
+def _restore(path: Path, model, optimizer, scheduler, profile: Profile, processes: int) -> dict:
     payload = models.read_checkpoint(path)
-    models.check_meta(payload["meta"], path, **config.resume_fields(profile))
+    models.check_meta(_with_processes(payload["meta"]), path, **continuation_fields(profile, processes))
     models.load_weights(model, payload["state_dict"], path)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     return dict(payload["state"])
+
+
+def continuation_fields(profile: Profile, processes: int) -> dict:
+    """What a run continued from ``last.pt`` must share with it: :func:`helpers.config.resume_fields`, the number of
+    processes (the global batch, and with ``lr_reference_batch`` the rate the restored optimizer carries) and, on a
+    cosine schedule, ``max_epochs`` (its length, which the restored scheduler carries: a longer run would see the
+    rate climb again)."""
+    fields = {**config.resume_fields(profile), "processes": processes}
+    if profile.train.schedule == "cosine":
+        fields["max_epochs"] = profile.train.max_epochs
+    return fields
+
+
+def _with_processes(meta: dict) -> dict:
+    """``meta`` with ``processes`` (checkpoints written before it was recorded trained on one process)."""
+    return {"processes": 1, **meta}
 
 
 # --------------------------------------------------------------------------- a profile's model
@@ -485,7 +501,7 @@ def discard_other_settings(model_dir: str | os.PathLike, profile: Profile) -> li
     except models.CheckpointError as error:
         mismatches = [str(error)]
     else:
-        mismatches = models.meta_mismatches(meta, **config.resume_fields(profile))
+        mismatches = models.meta_mismatches(_with_processes(meta), **continuation_fields(profile, _world_size()))
     if mismatches:
         for name in (LAST, BEST, HISTORY):
             (model_dir / name).unlink(missing_ok=True)
@@ -513,7 +529,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=None)
     args = parser.parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        device = select_device()  # CHEXPLAIN_DEVICE=cpu on a CUDA machine trains on gloo, as it says
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # this rank's GPU, not GPU 0, for NCCL and the pinning thread
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         overrides = {"max_epochs": args.max_epochs} if args.max_epochs else {}
         profile = config.load_profile(args.profile, **overrides)

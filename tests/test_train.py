@@ -12,6 +12,13 @@ from helpers import config, data, labels, models, train
 from helpers.run import Run
 
 
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch):
+    """Training here runs on the CPU, also on a GPU machine: exact resumption and equal runs are promised there
+    (CUDA adds AMP and non-deterministic kernels), and torchrun's ranks then use gloo."""
+    monkeypatch.setenv(train.DEVICE_ENV, "cpu")
+
+
 def _tiny_sets(n=24, size=32, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
@@ -73,6 +80,22 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     train.fit(_fresh_model(), train_set, val_set, _config(max_epochs=1), tmp_path, progress=False)
     with pytest.raises(models.CheckpointError, match="learning_rate"):
         train.fit(_fresh_model(), train_set, val_set, _config(learning_rate=0.5), tmp_path, progress=False)
+
+
+def test_a_cosine_run_or_another_process_count_is_not_continued_with_the_restored_schedule(tmp_path, monkeypatch):
+    train_set, val_set = _tiny_sets()
+    cosine = _config(schedule="cosine", max_epochs=2)
+    train.fit(_fresh_model(), train_set, val_set, cosine, tmp_path / "a", progress=False, stop_after_epoch=1)
+    # the restored scheduler would keep T_max = 2 and the rate would climb again over epochs 3 and 4
+    with pytest.raises(models.CheckpointError, match="max_epochs: checkpoint has 2, expected 4"):
+        train.fit(_fresh_model(), train_set, val_set, _config(schedule="cosine", max_epochs=4), tmp_path / "a")
+    plateau = _config(max_epochs=1)
+    train.fit(_fresh_model(), train_set, val_set, plateau, tmp_path / "b", progress=False)
+    longer = train.fit(_fresh_model(), train_set, val_set, _config(max_epochs=2), tmp_path / "b", progress=False)
+    assert len(longer) == 2  # a plateau schedule carries no length: the run may go on
+    monkeypatch.setattr(train, "_world_size", lambda: 2)  # a global batch twice as large
+    with pytest.raises(models.CheckpointError, match="processes: checkpoint has 1, expected 2"):
+        train.fit(_fresh_model(), train_set, val_set, _config(max_epochs=3), tmp_path / "b", progress=False)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
