@@ -76,18 +76,20 @@ def evaluate(
     pathologies: Sequence[str] = labels.PATHOLOGIES,
     n_boot: int = 1000,
     seed: int = 0,
+    patients: Sequence | None = None,
 ) -> pd.DataFrame:
     """Per-pathology AUROC and average precision with bootstrap 95% CIs, plus macro means.
 
     Returns a tidy DataFrame: ``pathology, metric, value, ci_low, ci_high, n_pos, n_neg, note``. The
-    bootstrap resamples images (the same resample for every pathology, so macro means get CIs too).
+    bootstrap resamples ``patients`` (one id per row: a patient's images are drawn together, since they are not
+    independent), or images where none are given; the same resample for every pathology, so macro means get CIs too.
     Macro rows: ``macro (14)`` over every pathology with both classes present and ``macro (competition)``
     over the five CheXpert competition pathologies. A pathology without positives (or negatives) is
     reported with a NaN value and a note, never an error.
     """
     mask = np.ones_like(targets) if mask is None else mask
     point = _metric_matrix(probs, targets, mask)
-    boots = bootstrap_metric_matrix(probs, targets, mask, n_boot, seed) if n_boot else None
+    boots = bootstrap_metric_matrix(probs, targets, mask, n_boot, seed, patients) if n_boot else None
     rows = []
     for m, metric in enumerate(("AUROC", "AP")):
         for j, name in enumerate(pathologies):
@@ -113,23 +115,48 @@ def _metric_matrix(probs, targets, mask) -> np.ndarray:
 
 
 def bootstrap_metric_matrix(
-    probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, n_boot: int, seed: int = 0
+    probs: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    n_boot: int,
+    seed: int = 0,
+    patients: Sequence | None = None,
 ) -> np.ndarray:
-    """AUROC and AP of every class on ``n_boot`` bootstrap resamples of the images: ``(n_boot, 2, n_classes)``.
+    """AUROC and AP of every class on ``n_boot`` bootstrap resamples: ``(n_boot, 2, n_classes)``.
 
-    The same numbers as sklearn's ``roc_auc_score`` and ``average_precision_score`` on each resample (NaN where a
-    resample lacks a class's positives or negatives), computed for all resamples at once: a resample is the count
-    of draws of each image, and both metrics are sums over tied-score groups weighted by those counts. Written by
-    hand because sklearn scores one resample per call (1,000 x 14 x 2 calls: half a minute for 150 images).
+    A resample draws ``patients`` (one id per row) with replacement, each with all its images, or the images
+    themselves where ``patients`` is None. The same numbers as sklearn's ``roc_auc_score`` and
+    ``average_precision_score`` on each resample (NaN where a resample lacks a class's positives or negatives),
+    computed for all resamples at once: a resample is the count of draws of each image, and both metrics are sums
+    over tied-score groups weighted by those counts. Written by hand because sklearn scores one resample per call
+    (1,000 x 14 x 2 calls: half a minute for 150 images).
+
+    Raises
+    ------
+    ValueError
+        If ``patients`` does not hold one id (not missing) per row.
     """
     rng = np.random.default_rng(seed)
-    n = len(probs)
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+    clusters = _cluster_codes(patients, len(probs))
+    n = int(clusters.max()) + 1 if len(clusters) else 0
+    draws = [np.bincount(rng.integers(0, n, n), minlength=n)[clusters] for _ in range(n_boot)]
+    counts = np.stack(draws).astype(np.float64)
     out = np.full((n_boot, 2, targets.shape[1]), np.nan)
     for j in range(targets.shape[1]):
         keep = mask[:, j] > 0
         out[:, :, j] = _weighted_auroc_ap(probs[keep, j], targets[keep, j], counts[:, keep])
     return out
+
+
+def _cluster_codes(patients: Sequence | None, n_rows: int) -> np.ndarray:
+    """Row -> cluster number: each row its own without ``patients`` (the images are resampled), else its patient's."""
+    if patients is None:
+        return np.arange(n_rows)
+    ids = pd.Series(list(patients))
+    if len(ids) != n_rows or ids.isna().any():
+        missing = int(ids.isna().sum())
+        raise ValueError(f"patients must give one id per row: got {len(ids)} ids ({missing} missing), {n_rows} rows.")
+    return pd.factorize(ids)[0]
 
 
 def _weighted_auroc_ap(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:

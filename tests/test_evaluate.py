@@ -58,6 +58,26 @@ def test_bootstrap_matrix_equals_scikit_learn_on_every_resample():
     assert np.isnan(fast[:, :, 3]).all() and np.isfinite(fast).any(axis=(0, 1)).sum() == 13
 
 
+def test_the_bootstrap_draws_patients_with_all_their_images():
+    """Each image twice under one patient: drawing patients gives the CIs of the single images, where drawing
+    images treats the copies as independent evidence and narrows them."""
+    probs, targets = _scores(seed=2, n=80)
+    single = evaluate.evaluate(probs, targets, n_boot=300, seed=3)
+    twice = np.repeat(probs, 2, axis=0), np.repeat(targets, 2, axis=0)
+    patients = np.repeat([f"patient{i:05d}" for i in range(80)], 2)
+    by_patient = evaluate.evaluate(*twice, n_boot=300, seed=3, patients=patients)
+    by_image = evaluate.evaluate(*twice, n_boot=300, seed=3)
+    columns = ["value", "ci_low", "ci_high"]
+    assert np.allclose(by_patient[columns], single[columns], atol=1e-12, equal_nan=True)
+    defined = single["value"].notna()
+    width = lambda table: (table["ci_high"] - table["ci_low"])[defined].mean()  # noqa: E731
+    assert width(by_image) < 0.8 * width(by_patient)
+    unique = evaluate.evaluate(probs, targets, n_boot=300, seed=3, patients=[f"p{i}" for i in range(80)])
+    assert unique.equals(single)  # one image per patient: the images' own bootstrap
+    with pytest.raises(ValueError, match="one id per row: got 79 ids"):
+        evaluate.evaluate(probs, targets, n_boot=10, patients=patients[:79:2].tolist() + ["x"] * 39)
+
+
 def test_a_class_with_every_row_masked_out_is_missing_not_an_error():
     probs, targets = _scores(seed=3, n=40)
     mask = np.ones_like(targets)

@@ -56,6 +56,10 @@ class PreparedData:
         """Rows of one split, in the order of ``images[name]``."""
         return self.index[self.index["split"] == name].reset_index(drop=True)
 
+    def patients(self, name: str) -> pd.Series:
+        """The patient of every row of one split, in the order of ``images[name]`` (for patient-level bootstraps)."""
+        return patient_ids(self.split(name))
+
     def summary(self) -> pd.DataFrame:
         """Images and patients per split, and images dropped by an audited skip."""
         table = (
