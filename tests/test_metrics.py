@@ -261,3 +261,16 @@ def test_resolution_is_measured_once_per_map_and_the_same_again(monkeypatch):
     first = metrics.resolution_px(peak)
     assert metrics.resolution_px(peak.copy()) == first and len(measured) == 1  # an equal map: looked up
     assert metrics.resolution_px(_peak(32, 31, 7.0)) > first and len(measured) == 2  # another map: measured
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["hit", "distance_px", "near_hit", "iou", "boundary_f1", "mass_accuracy", "rank_accuracy", "pixel_auroc"],
+)
+def test_a_0_1_integer_mask_scores_as_the_same_boolean_mask(name):
+    heatmap = _peak(10, 11, width=3.0) + 0.3 * _peak(20, 5)  # the maximum near but outside the mask's corner
+    mask = _mask(top=12, left=12)
+    function = getattr(metrics, name)
+    as_bool = function(heatmap, mask)
+    for dtype in (np.uint8, np.int64, np.float32):
+        assert function(heatmap, mask.astype(dtype)) == pytest.approx(as_bool, nan_ok=True), dtype

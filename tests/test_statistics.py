@@ -51,6 +51,23 @@ def test_compare_reports_holm_corrected_paired_tests_and_outcomes():
     assert table["p_holm"].min() == pytest.approx(min(1.0, 3 * table["p_value"].min()))
 
 
+def test_paired_tests_count_patients_not_images_and_refuse_unmapped_images_and_repeated_scores():
+    """Ten images per patient, a difference that differs by patient: 40 images look decisive, 4 patients cannot be
+    (the smallest two-sided signed-rank p-value with 4 pairs is 0.125)."""
+    rng = np.random.default_rng(2)
+    base = rng.random(40)
+    shift = np.repeat([0.3, 0.1, 0.2, 0.25], 10) + rng.normal(0, 0.01, 40)
+    scores = _scores({"a": base + shift, "b": base})
+    patients = {f"i{i}": f"p{i // 10}" for i in range(40)}
+    by_image = metrics.paired_differences(scores, "a", "b", n_boot=200).set_index("pathology")
+    by_patient = metrics.paired_differences(scores, "a", "b", n_boot=200, patients=patients).set_index("pathology")
+    assert by_image.loc["Edema", "p_value"] < 1e-6 and by_patient.loc["Edema", "p_value"] == pytest.approx(0.125)
+    with pytest.raises(ValueError, match=r"no entry for 10 scored images \(e.g. \['i30', 'i31', 'i32'\]\)"):
+        metrics.paired_differences(scores, "a", "b", n_boot=10, patients={f"i{i}": "p" for i in range(30)})
+    with pytest.raises(ValueError, match="80 score rows share"):  # each repeated row and its original
+        metrics.paired_differences(pd.concat([scores, _scores({"a": base})]), "a", "b", n_boot=10)
+
+
 def test_outcome_follows_the_metric_direction():
     prior = np.linspace(0.1, 0.9, 30)
     scores = pd.concat(

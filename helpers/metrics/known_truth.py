@@ -31,6 +31,7 @@ from helpers.heatmaps import HeatmapSet
 from helpers.metrics.base import COLUMNS
 from helpers.metrics.localisation import hit, mass_accuracy, rank_accuracy
 from helpers.metrics.similarity import spearman_abs
+from helpers.metrics.statistics import patient_clusters
 from helpers.tensors import to_numpy
 
 
@@ -263,8 +264,8 @@ def detection_auroc(
 
 
 def _clusters(group: pd.DataFrame, patients: Mapping[str, str] | None) -> pd.Series:
-    """The patient of each row's image (the image itself without ``patients``)."""
-    return group["image"].map(patients) if patients else group["image"]
+    """The patient of each row's image (the image itself without ``patients``); an image without one is an error."""
+    return pd.Series(patient_clusters(group["image"], patients), index=group.index)
 
 
 def auroc_with_ci(

@@ -70,7 +70,7 @@ def hit(heatmap: np.ndarray, mask: np.ndarray, ties: str = "share") -> float:
 
 def distance_px(heatmap: np.ndarray, mask: np.ndarray) -> float:
     """Distance (pixels) from the map's maximum (the tied pixel nearest the mask) to the mask; 0 for a hit."""
-    values = positive_part(heatmap)
+    values, mask = positive_part(heatmap), np.asarray(mask, bool)  # ~ of a 0/1 integer mask is not its complement
     if values.max() == values.min():
         return float("nan")
     distance = ndimage.distance_transform_edt(~mask)
@@ -198,7 +198,7 @@ def _segmentation_boundary_f1(segmentation: np.ndarray, mask: np.ndarray, tolera
 
 def mass_accuracy(heatmap: np.ndarray, mask: np.ndarray) -> float:
     """Share of the positive relevance inside the mask (Arras et al. 2022)."""
-    values = positive_part(heatmap)
+    values, mask = positive_part(heatmap), np.asarray(mask, bool)  # an integer mask would index, not select
     total = values.sum()
     return float(values[mask].sum() / total) if total > 0 else float(mask.mean())
 

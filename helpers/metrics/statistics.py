@@ -79,16 +79,30 @@ def _summary_rows(scores: pd.DataFrame, keys: list[str], n_boot: int, seed: int,
     """:func:`summarise`'s rows of ``scores`` (one method's), as tuples of ``keys`` and :data:`SUMMARY`."""
     rows = []
     for key, group in scores.groupby(keys, sort=False):
-        clusters = _clusters(group["image"], patients)
+        clusters = patient_clusters(group["image"], patients)
         low, high = bootstrap_ci(group["value"].to_numpy(), n_boot, seed, clusters=clusters)
         rows.append((*key, group["value"].mean(), low, high, len(group), len(set(clusters))))
     return rows
 
 
-def _clusters(images: pd.Series, patients: Mapping[str, str] | None) -> list:
-    """The patient of each image (the image itself without a map)."""
+def patient_clusters(images: pd.Series, patients: Mapping[str, str] | None) -> list:
+    """The patient of each image (the image itself without a map).
+
+    Raises
+    ------
+    ValueError
+        If ``patients`` lacks an image: it would leave every resample, or raise deep inside the bootstrap.
+    """
     images = images.astype(str).tolist()
-    return images if patients is None else [patients[i] for i in images]
+    if not patients:
+        return images
+    unknown = sorted({image for image in images if image not in patients})
+    if unknown:
+        raise ValueError(
+            f"patients has no entry for {len(unknown)} scored images (e.g. {unknown[:3]}): give the patient of every "
+            f"image, e.g. dict(zip(batch.image_ids, batch.patients))."
+        )
+    return [patients[image] for image in images]
 
 
 def _with_pooled(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -126,7 +140,7 @@ def _paired_rows(wide, method_a, method_b, n_boot, seed, patients, pathologies) 
         difference = difference[difference["pathology"].isin(pathologies)]
     rows = []
     for (pathology, metric), group in difference.groupby(["pathology", "metric"], sort=False):
-        clusters = _clusters(group["image"], patients)
+        clusters = patient_clusters(group["image"], patients)
         low, high = bootstrap_ci(group["difference"].to_numpy(), n_boot, seed, clusters=clusters)
         cluster_means = group.groupby(np.asarray(clusters))["difference"].mean().to_numpy()
         rows.append(
@@ -158,7 +172,12 @@ def _signed_rank_p(differences: np.ndarray) -> float:
 def _wide_scores(scores: pd.DataFrame) -> pd.DataFrame:
     """NaN-free scores with one column per method, indexed by ``pathology, metric, image``."""
     scores = scores.dropna(subset=["value"])
-    return scores.pivot_table(index=["pathology", "metric", "image"], columns="method", values="value")
+    keys = ["pathology", "metric", "image", "method"]
+    repeated = scores[scores.duplicated(keys, keep=False)]
+    if len(repeated):  # pivot_table would average them into one score without a word
+        example = repeated.iloc[0][keys].tolist()
+        raise ValueError(f"{len(repeated)} score rows share their {keys} with another, e.g. {example}: score once.")
+    return scores.pivot(index=["pathology", "metric", "image"], columns="method", values="value")
 
 
 def _per_map_differences(wide: pd.DataFrame, method_a: str, method_b: str) -> pd.DataFrame:
