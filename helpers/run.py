@@ -10,6 +10,8 @@ naming the notebook that makes it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,6 +103,12 @@ class ExplainedBatch:
             self.codes[:n],
             self.masks[:n],
         )
+
+
+def model_identity(meta: dict) -> str:
+    """A short hash of a checkpoint's metadata (settings, data, epoch, validation AUROC): what tells the model that
+    made a set of saved maps from one trained again since."""
+    return hashlib.sha1(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Run:
@@ -242,9 +250,9 @@ class Run:
         two epochs of CheXpert-small's 191,027 images would take about half an hour on an H200 (the GPU
         benchmark's projected epoch) to learn labels that mean nothing."""
         profile, folder = self.shuffled_label_profile(epochs, images), self.folder("model_shuffled")
-        stale = train.discard_other_settings(folder, profile)
+        stale = train.discard_other_settings(folder, profile, self.data().fingerprint or None)
         if stale:
-            print(f"{folder} had been trained with other settings ({'; '.join(stale)}): training it again.")
+            print(f"{folder} had been trained with other settings or data ({'; '.join(stale)}): training it again.")
         model, meta, _ = train.train_or_load(
             profile, self.data(), folder, progress=progress, shuffle_labels=True, device=self.device
         )
@@ -261,7 +269,12 @@ class Run:
 
     def model(self) -> tuple[nn.Module, dict]:
         """The trained model (best checkpoint) on :attr:`device`, in eval mode, and its metadata."""
-        return self._once("model", lambda: train.load_trained(self.profile, self.model_dir, device=self.device))
+        return self._once("model", self._trained_model)
+
+    def _trained_model(self) -> tuple[nn.Module, dict]:
+        # a model trained before the data were prepared again is refused (without a model, say so first)
+        data = self.data().fingerprint or None if (self.model_dir / train.BEST).is_file() else None
+        return train.load_trained(self.profile, self.model_dir, device=self.device, data=data)
 
     def explained(self) -> ExplainedBatch:
         """The test images every explainer explains: at least ``n_explain`` images with a positive localisable
@@ -402,7 +415,9 @@ class Run:
             Where the training split has no masks: real CheXpert with CheXlocalize, whose masks cover only
             CheXpert's validation and test images (here the test split, which the prior must not see).
         """
-        path = self.folder("baselines") / f"prior_{self.profile.image_size}.npy"
+        # keyed by the data too: a prior of data prepared again since would be another's
+        key = "_".join(filter(None, (str(self.profile.image_size), self.data().fingerprint)))
+        path = self.folder("baselines") / f"prior_{key}.npy"
         if path.is_file():
             return np.load(path)
         masks = self.data().masks("train")
@@ -425,14 +440,22 @@ class Run:
         """
         if reuse and isinstance(explainer, str) and not overrides and self.heatmap_path(explainer).is_file():
             saved = HeatmapSet.load(self.heatmap_path(explainer))
-            if saved.image_ids == self.explained().image_ids:
+            if saved.image_ids == self.explained().image_ids and self._made_by_this_model(saved):
                 return saved
         if isinstance(explainer, str):
             explainer = self.explainer(explainer, **overrides)
         batch = self.explained()
-        result = explainer.explain(self.model()[0], batch.inputs, image_ids=batch.image_ids)
+        model, meta = self.model()
+        result = explainer.explain(model, batch.inputs, image_ids=batch.image_ids)
+        result.params["model"] = model_identity(meta)  # saved maps of a model trained again since are stale
         result.save(self.heatmap_path(result.method))
         return result
+
+    def _made_by_this_model(self, heatmaps: HeatmapSet) -> bool:
+        """Whether saved maps were made by the model :meth:`model` loads (maps saved before models were recorded:
+        nothing to tell, so yes)."""
+        made_by = heatmaps.params.get("model")
+        return made_by is None or made_by == model_identity(self.model()[1])
 
     def heatmaps(self, names: Sequence[str]) -> dict[str, HeatmapSet]:
         """Saved HeatmapSets by explainer name; all must explain the :meth:`explained` images."""
@@ -442,6 +465,11 @@ class Run:
             if heatmaps.image_ids != expected:
                 raise ValueError(
                     f"{self.heatmap_path(name)} explains other images than this run's explained batch; "
+                    f"rerun notebooks 03 and 04 with profile {self.profile.name!r}."
+                )
+            if not self._made_by_this_model(heatmaps):
+                raise ValueError(
+                    f"{self.heatmap_path(name)} was made by another model than this run's (trained again since); "
                     f"rerun notebooks 03 and 04 with profile {self.profile.name!r}."
                 )
         return sets

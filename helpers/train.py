@@ -159,6 +159,7 @@ def fit(
     progress: bool = True,
     stop_after_epoch: int | None = None,
     device: torch.device | str | None = None,
+    data: str | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` and return the history (one row per epoch: loss, val AUROC, learning rate, seconds).
 
@@ -178,11 +179,14 @@ def fit(
         Return after this epoch as if interrupted (used to test that resuming is exact).
     device : torch.device or str, optional
         Where to train; default :func:`select_device`.
+    data : str, optional
+        The fingerprint of the prepared data (:attr:`helpers.data.PreparedData.fingerprint`): recorded in the
+        checkpoints, and a ``last.pt`` that records another is not continued.
 
     Raises
     ------
     helpers.models.CheckpointError
-        If ``last.pt`` was written for other settings (the message names each difference).
+        If ``last.pt`` was written for other settings or data (the message names each difference).
     TrainingError
         If the loss stops being finite.
     """
@@ -194,7 +198,7 @@ def fit(
     scheduler = _scheduler(optimizer, settings)
     state = {"epoch": 0, "best": -np.inf, "stale": 0, "history": []}
     if resume and (out_dir / LAST).is_file():
-        state = _restore(out_dir / LAST, model, optimizer, scheduler, profile, processes)
+        state = _restore(out_dir / LAST, model, optimizer, scheduler, profile, processes, data)
     network = nn.parallel.DistributedDataParallel(model) if _distributed() else model
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     val_targets, val_mask = val_set.targets, val_set.loss_mask
@@ -227,6 +231,7 @@ def fit(
                 "epoch": epoch,
                 "val_mean_auroc": float(val_auroc),
                 "processes": processes,
+                **({"data": data} if data else {}),
             }
             if improved:
                 models.save_checkpoint(out_dir / BEST, model, meta)
@@ -345,9 +350,10 @@ def _plain_state(state: dict) -> dict:
     return {**state, "best": float(state["best"]), "history": list(state["history"])}
 
 
-def _restore(path: Path, model, optimizer, scheduler, profile: Profile, processes: int) -> dict:
+def _restore(path: Path, model, optimizer, scheduler, profile: Profile, processes: int, data: str | None) -> dict:
     payload = models.read_checkpoint(path)
-    models.check_meta(_with_processes(payload["meta"]), path, **continuation_fields(profile, processes))
+    meta = _with_processes(payload["meta"])
+    models.check_meta(meta, path, **continuation_fields(profile, processes), **_recorded_data(meta, data))
     models.load_weights(model, payload["state_dict"], path)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
@@ -368,6 +374,12 @@ def continuation_fields(profile: Profile, processes: int) -> dict:
 def _with_processes(meta: dict) -> dict:
     """``meta`` with ``processes`` (checkpoints written before it was recorded trained on one process)."""
     return {"processes": 1, **meta}
+
+
+def _recorded_data(meta: dict, data: str | None) -> dict:
+    """``{"data": data}`` to compare where both the checkpoint and the caller know the data's fingerprint (older
+    checkpoints do not record it: nothing to compare them by)."""
+    return {"data": data} if data and "data" in meta else {}
 
 
 # --------------------------------------------------------------------------- a profile's model
@@ -405,10 +417,11 @@ def train_or_load(
     """
     model_dir = Path(model_dir)
     history_file = model_dir / HISTORY
-    if not (history_file.is_file() and _finished_with(model_dir / LAST, profile)):
+    data = prepared.fingerprint or None
+    if not (history_file.is_file() and _finished_with(model_dir / LAST, profile, data)):
         history_file.unlink(missing_ok=True)  # it marks a finished run; this one is not, yet
         _train(profile, prepared, model_dir, history_file, progress, shuffle_labels, device)
-    model, meta = load_trained(profile, model_dir, device)
+    model, meta = load_trained(profile, model_dir, device, data)
     return model, meta, pd.read_csv(history_file)
 
 
@@ -431,7 +444,8 @@ def _train(
     if shuffle_labels:
         order = np.random.default_rng(profile.seed).permutation(len(train_set))
         train_set = replace(train_set, targets=train_set.targets[order], loss_mask=train_set.loss_mask[order])
-    history = fit(model, train_set, val_set, profile, model_dir, progress=progress, device=device)
+    data = prepared.fingerprint or None
+    history = fit(model, train_set, val_set, profile, model_dir, progress=progress, device=device, data=data)
     if _rank() == 0:
         with atomic_path(history_file) as tmp:
             history.to_csv(tmp, index=False)
@@ -466,18 +480,22 @@ def sampled_splits(train_set, val_set, n_train: int, seed: int):
 
 
 def load_trained(
-    profile: Profile, model_dir: str | os.PathLike, device: torch.device | str | None = None
+    profile: Profile,
+    model_dir: str | os.PathLike,
+    device: torch.device | str | None = None,
+    data: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """The model trained for ``profile`` (``model_dir/best.pt``), in eval mode on ``device``.
 
-    ``device`` defaults to :func:`select_device`.
+    ``device`` defaults to :func:`select_device`. With ``data`` (the prepared data's fingerprint), a model that
+    records another was trained on other data (prepared again since) and is refused.
 
     Raises
     ------
     FileNotFoundError
         If nothing was trained there yet (run notebook 02).
     helpers.models.CheckpointError
-        If the checkpoint was trained with other settings (:func:`helpers.config.resume_fields`).
+        If the checkpoint was trained with other settings (:func:`helpers.config.resume_fields`) or data.
     """
     path = Path(model_dir) / BEST
     if not path.is_file():
@@ -486,10 +504,15 @@ def load_trained(
             f"(same CHEXPLAIN_PROFILE, here {profile.name!r})."
         )
     model, meta = models.load_checkpoint(path, **config.resume_fields(profile))
+    if _recorded_data(meta, data) and meta["data"] != data:
+        raise models.CheckpointError(
+            f"Checkpoint {path} was trained on other data (fingerprint {meta['data']}) than notebook 01 prepared "
+            f"since ({data}): train again (notebook 02, profile {profile.name!r})."
+        )
     return model.to(device or select_device()).eval(), meta
 
 
-def discard_other_settings(model_dir: str | os.PathLike, profile: Profile) -> list[str]:
+def discard_other_settings(model_dir: str | os.PathLike, profile: Profile, data: str | None = None) -> list[str]:
     """Delete the checkpoints and history in ``model_dir`` when they were trained with other settings than
     ``profile``'s, so that a model derived from the run (the shuffled-label model) is trained again rather than
     refused. Returns the differing settings (none: nothing deleted)."""
@@ -501,14 +524,17 @@ def discard_other_settings(model_dir: str | os.PathLike, profile: Profile) -> li
     except models.CheckpointError as error:
         mismatches = [str(error)]
     else:
-        mismatches = models.meta_mismatches(_with_processes(meta), **continuation_fields(profile, _world_size()))
+        meta = _with_processes(meta)
+        mismatches = models.meta_mismatches(
+            meta, **continuation_fields(profile, _world_size()), **_recorded_data(meta, data)
+        )
     if mismatches:
         for name in (LAST, BEST, HISTORY):
             (model_dir / name).unlink(missing_ok=True)
     return mismatches
 
 
-def _finished_with(last: Path, profile: Profile) -> bool:
+def _finished_with(last: Path, profile: Profile, data: str | None = None) -> bool:
     """Whether ``last`` ends a run of these settings that was meant to last ``max_epochs`` (so it is done)."""
     if not last.is_file():
         return False
@@ -516,7 +542,7 @@ def _finished_with(last: Path, profile: Profile) -> bool:
         meta = models.read_checkpoint(last)["meta"]
     except models.CheckpointError:
         return False
-    expected = {**config.resume_fields(profile), "max_epochs": profile.train.max_epochs}
+    expected = {**config.resume_fields(profile), "max_epochs": profile.train.max_epochs, **_recorded_data(meta, data)}
     return not models.meta_mismatches(meta, **expected)
 
 

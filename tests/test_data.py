@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import numpy as np
@@ -198,6 +199,24 @@ def test_prepare_splits_by_patient_and_reloads(small_phantom, tmp_path):
     assert all(np.array_equal(reloaded.images[s], prepared.images[s]) for s in data.SPLITS)
     masks = prepared.masks("test")
     assert masks.shape == (20, 14, 32, 32) and masks.any()
+
+
+def test_the_data_fingerprint_is_the_same_for_the_same_data_and_changes_with_rows_labels_or_files(
+    small_phantom, tmp_path
+):
+    root = shutil.copytree(small_phantom, tmp_path / "CheXpert-v1.0-small")
+    first = data.prepare(root, tmp_path / "cache", 32, seed=0)
+    assert len(first.fingerprint) == 16 and data.load_prepared(tmp_path / "cache", 32).fingerprint == first.fingerprint
+    assert data.prepare(root, tmp_path / "cache", 32, seed=0).fingerprint == first.fingerprint  # the cache, reused
+    assert data.prepare(root, tmp_path / "cache", 32, seed=1).fingerprint != first.fingerprint  # other split rows
+    table = pd.read_csv(root / "train.csv")
+    table.loc[0, "Edema"] = 1.0 - (table.loc[0, "Edema"] == 1.0)  # one label changed
+    table.to_csv(root / "train.csv", index=False)
+    relabelled = data.prepare(root, tmp_path / "cache", 32, seed=0).fingerprint
+    assert relabelled != first.fingerprint
+    image = data.resolve_image_path(root, table.loc[3, "Path"])
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the file written again
+    assert data.prepare(root, tmp_path / "cache", 32, seed=0).fingerprint not in (first.fingerprint, relabelled)
 
 
 def test_load_prepared_names_notebook_01(tmp_path):

@@ -70,6 +70,13 @@ def test_a_tiny_run_end_to_end(runs):
     assert counterfactual.shape == (3, 3, 64, 64)
     changed = (counterfactual - batch.inputs[[i for i, _ in pairs]]).abs().amax(dim=(1, 2, 3))
     assert (changed > 0).all()
+    # a model trained again since (another checkpoint) does not inherit the saved maps of the first
+    retrained = Run(profile, device="cpu")
+    retrained._loaded["model"] = (model, {**meta, "epoch": meta["epoch"] + 1, "val_mean_auroc": 0.5})
+    with pytest.raises(ValueError, match="made by another model"):
+        retrained.heatmaps(["gradcam"])
+    remade = retrained.explain("gradcam", reuse=True)
+    assert remade.params["model"] != result.params["model"] and retrained.heatmaps(["gradcam"])
 
 
 def test_balanced_pairs_take_the_findings_in_turns_one_pair_per_image():

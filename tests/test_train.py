@@ -321,3 +321,20 @@ def test_training_runs_where_it_is_told_without_asking_for_the_best_device(tmp_p
     assert len(history) == 1
     model, _ = train.load_trained(_config(max_epochs=1), tmp_path, device="cpu")
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_model_trained_on_other_data_is_neither_continued_nor_loaded_nor_counted_as_finished(tmp_path):
+    train_set, val_set = _tiny_sets()
+    profile = _config(max_epochs=1)
+    train.fit(_fresh_model(), train_set, val_set, profile, tmp_path, progress=False, data="a" * 16)
+    meta = models.read_checkpoint(tmp_path / train.LAST)["meta"]
+    assert meta["data"] == "a" * 16
+    assert train.load_trained(profile, tmp_path, "cpu", data="a" * 16)[1]["data"] == "a" * 16
+    assert train._finished_with(tmp_path / train.LAST, profile, "a" * 16)
+    assert not train._finished_with(tmp_path / train.LAST, profile, "b" * 16)  # prepared again since
+    with pytest.raises(models.CheckpointError, match="trained on other data"):
+        train.load_trained(profile, tmp_path, "cpu", data="b" * 16)
+    with pytest.raises(models.CheckpointError, match="data: checkpoint has 'aaaa"):
+        train.fit(_fresh_model(), train_set, val_set, _config(max_epochs=2), tmp_path, progress=False, data="b" * 16)
+    assert train.load_trained(profile, tmp_path, "cpu")[0] is not None  # no fingerprint given: nothing to compare
+    assert train.discard_other_settings(tmp_path, profile, "b" * 16) and not (tmp_path / train.LAST).exists()

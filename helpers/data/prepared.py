@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,12 +46,15 @@ class PreparedData:
         Rows dropped by an audited skip (``Path``, ``problem``).
     root : Path
         The dataset folder.
+    fingerprint : str
+        What a model trained on these data depends on, hashed (:func:`data_fingerprint`); checkpoints record it.
     """
 
     index: pd.DataFrame
     images: dict[str, np.ndarray]
     skipped: pd.DataFrame
     root: Path
+    fingerprint: str = ""
 
     def split(self, name: str) -> pd.DataFrame:
         """Rows of one split, in the order of ``images[name]``."""
@@ -229,7 +233,22 @@ def prepare(
         index.to_csv(tmp, index=False)
     with atomic_path(Path(cache_dir) / "root.txt") as tmp:
         tmp.write_text(_recorded_root(root, Path(cache_dir)))
-    return PreparedData(index, images, pd.concat(skipped, ignore_index=True), root)
+    fingerprint = data_fingerprint(cache_dir, size)
+    return PreparedData(index, images, pd.concat(skipped, ignore_index=True), root, fingerprint)
+
+
+def data_fingerprint(cache_dir: str | os.PathLike, size: int) -> str:
+    """A short hash of what :func:`prepare` wrote: the rows (``index.csv``: paths, splits, labels) and, per split, the
+    image files the cache was decoded from (paths, sizes and modification times, from its ``.paths.txt``).
+
+    The same data prepared again give the same fingerprint; other rows, labels or image files give another.
+    """
+    cache_dir = Path(cache_dir)
+    digest = hashlib.sha1((cache_dir / "index.csv").read_bytes())
+    for name in SPLITS:
+        sidecar = cache_dir / f"{name}_{size}.paths.txt"
+        digest.update(sidecar.read_text().partition("\n")[0].encode() if sidecar.is_file() else b"none")
+    return digest.hexdigest()[:16]
 
 
 def _recorded_root(root: Path, cache_dir: Path) -> str:
@@ -252,4 +271,5 @@ def load_prepared(cache_dir: str | os.PathLike, size: int) -> PreparedData:
     skipped = pd.concat(
         [pd.read_csv(cache_dir / f"{name}_{size}.skipped.csv").assign(split=name) for name in SPLITS], ignore_index=True
     )
-    return PreparedData(index, images, skipped, (cache_dir / (cache_dir / "root.txt").read_text().strip()).resolve())
+    root = (cache_dir / (cache_dir / "root.txt").read_text().strip()).resolve()
+    return PreparedData(index, images, skipped, root, data_fingerprint(cache_dir, size))
