@@ -196,11 +196,11 @@ def fit(
     processes = _world_size()  # recorded: with lr_reference_batch the rate depends on it (the global batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.effective_learning_rate(processes))
     scheduler = _scheduler(optimizer, settings)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     state = {"epoch": 0, "best": -np.inf, "stale": 0, "history": []}
     if resume and (out_dir / LAST).is_file():
-        state = _restore(out_dir / LAST, model, optimizer, scheduler, profile, processes, data)
+        state = _restore(out_dir / LAST, model, (optimizer, scheduler, scaler), profile, processes, data)
     network = nn.parallel.DistributedDataParallel(model) if _distributed() else model
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     val_targets, val_mask = val_set.targets, val_set.loss_mask
     loader = _train_loader(train_set, settings, config.training_seed(profile), device)
     feed = (device, train_set.mean, train_set.std)
@@ -241,6 +241,7 @@ def fit(
                 meta,
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(),  # AMP's loss scale: a resumed CUDA run goes on with it, not from 65536
                 state=_plain_state(state),
             )
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -350,13 +351,17 @@ def _plain_state(state: dict) -> dict:
     return {**state, "best": float(state["best"]), "history": list(state["history"])}
 
 
-def _restore(path: Path, model, optimizer, scheduler, profile: Profile, processes: int, data: str | None) -> dict:
+def _restore(path: Path, model, stateful: tuple, profile: Profile, processes: int, data: str | None) -> dict:
+    """Weights, ``stateful`` (optimizer, scheduler, AMP scaler) and the loop's state from ``last.pt``."""
     payload = models.read_checkpoint(path)
     meta = _with_processes(payload["meta"])
     models.check_meta(meta, path, **continuation_fields(profile, processes), **_recorded_data(meta, data))
     models.load_weights(model, payload["state_dict"], path)
+    optimizer, scheduler, scaler = stateful
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    if payload.get("scaler"):  # absent before it was saved, empty where AMP is off
+        scaler.load_state_dict(payload["scaler"])
     return dict(payload["state"])
 
 

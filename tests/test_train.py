@@ -338,3 +338,25 @@ def test_a_model_trained_on_other_data_is_neither_continued_nor_loaded_nor_count
         train.fit(_fresh_model(), train_set, val_set, _config(max_epochs=2), tmp_path, progress=False, data="b" * 16)
     assert train.load_trained(profile, tmp_path, "cpu")[0] is not None  # no fingerprint given: nothing to compare
     assert train.discard_other_settings(tmp_path, profile, "b" * 16) and not (tmp_path / train.LAST).exists()
+
+
+def test_last_checkpoint_carries_the_amp_loss_scale_and_a_resume_restores_it(tmp_path):
+    train_set, val_set = _tiny_sets()
+    profile = _config(max_epochs=1)
+    train.fit(_fresh_model(), train_set, val_set, profile, tmp_path, progress=False)
+    payload = models.read_checkpoint(tmp_path / train.LAST)
+    assert payload["scaler"] == {}  # AMP is off on the CPU: nothing to carry
+    payload["scaler"] = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000}
+    torch.save(payload, tmp_path / train.LAST)  # as a CUDA run saves it
+
+    class Scaler:
+        loaded = None
+
+        def load_state_dict(self, state):
+            Scaler.loaded = state
+
+    model = _fresh_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=profile.train.learning_rate)
+    stateful = (optimizer, train._scheduler(optimizer, profile.train), Scaler())
+    train._restore(tmp_path / train.LAST, model, stateful, profile, 1, None)
+    assert Scaler.loaded["scale"] == 1024.0
