@@ -202,6 +202,7 @@ def fit(
         state = _restore(out_dir / LAST, model, (optimizer, scheduler, scaler), profile, processes, data)
     network = nn.parallel.DistributedDataParallel(model) if _distributed() else model
     val_targets, val_mask = val_set.targets, val_set.loss_mask
+    _check_validation_defined(val_targets, val_mask)
     loader = _train_loader(train_set, settings, config.training_seed(profile), device)
     feed = (device, train_set.mean, train_set.std)
     for epoch in range(state["epoch"] + 1, settings.max_epochs + 1):
@@ -247,6 +248,20 @@ def fit(
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return pd.DataFrame(state["history"])
+
+
+def _check_validation_defined(targets: np.ndarray, mask: np.ndarray) -> None:
+    """Refuse a validation split where no pathology has both positives and negatives: its AUROC would be undefined
+    every epoch, no checkpoint would count as the best, and loading would later say "run notebook 02" instead."""
+    counted = np.asarray(mask) > 0
+    positives = (counted & (np.asarray(targets) == 1)).sum(axis=0)
+    negatives = (counted & (np.asarray(targets) == 0)).sum(axis=0)
+    if not ((positives > 0) & (negatives > 0)).any():
+        raise TrainingError(
+            f"The validation split ({len(targets)} images) has no pathology with both positive and negative labels, "
+            f"so its AUROC is undefined and no model could be chosen: prepare more images (n_train) or a larger "
+            f"val_fraction."
+        )
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, settings) -> torch.optim.lr_scheduler.LRScheduler:

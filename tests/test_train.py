@@ -360,3 +360,13 @@ def test_last_checkpoint_carries_the_amp_loss_scale_and_a_resume_restores_it(tmp
     stateful = (optimizer, train._scheduler(optimizer, profile.train), Scaler())
     train._restore(tmp_path / train.LAST, model, stateful, profile, 1, None)
     assert Scaler.loaded["scale"] == 1024.0
+
+
+def test_a_validation_split_without_a_defined_auroc_is_refused_before_training(tmp_path):
+    train_set, val_set = _tiny_sets()
+    blank = data.ChestXrayDataset(
+        val_set.images, np.zeros_like(val_set.targets), np.ones_like(val_set.loss_mask), (0.5,) * 3, (0.25,) * 3
+    )
+    with pytest.raises(train.TrainingError, match=r"validation split \(8 images\) has no pathology with both"):
+        train.fit(_fresh_model(), train_set, blank, _config(max_epochs=1), tmp_path, progress=False)
+    assert not (tmp_path / train.LAST).exists()
