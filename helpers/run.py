@@ -250,7 +250,7 @@ class Run:
         two epochs of CheXpert-small's 191,027 images would take about half an hour on an H200 (the GPU
         benchmark's projected epoch) to learn labels that mean nothing."""
         profile, folder = self.shuffled_label_profile(epochs, images), self.folder("model_shuffled")
-        stale = train.discard_other_settings(folder, profile, self.data().fingerprint or None)
+        stale = train.discard_other_settings(folder, profile, self.data().fingerprint)
         if stale:
             print(f"{folder} had been trained with other settings or data ({'; '.join(stale)}): training it again.")
         model, meta, _ = train.train_or_load(
@@ -273,7 +273,7 @@ class Run:
 
     def _trained_model(self) -> tuple[nn.Module, dict]:
         # a model trained before the data were prepared again is refused (without a model, say so first)
-        data = self.data().fingerprint or None if (self.model_dir / train.BEST).is_file() else None
+        data = self.data().fingerprint if (self.model_dir / train.BEST).is_file() else None
         return train.load_trained(self.profile, self.model_dir, device=self.device, data=data)
 
     def explained(self) -> ExplainedBatch:

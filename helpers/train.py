@@ -437,7 +437,7 @@ def train_or_load(
     """
     model_dir = Path(model_dir)
     history_file = model_dir / HISTORY
-    data = prepared.fingerprint or None
+    data = prepared.fingerprint
     if not (history_file.is_file() and _finished_with(model_dir / LAST, profile, data)):
         history_file.unlink(missing_ok=True)  # it marks a finished run; this one is not, yet
         _train(profile, prepared, model_dir, history_file, progress, shuffle_labels, device)
@@ -464,8 +464,9 @@ def _train(
     if shuffle_labels:
         order = np.random.default_rng(profile.seed).permutation(len(train_set))
         train_set = replace(train_set, targets=train_set.targets[order], loss_mask=train_set.loss_mask[order])
-    data = prepared.fingerprint or None
-    history = fit(model, train_set, val_set, profile, model_dir, progress=progress, device=device, data=data)
+    history = fit(
+        model, train_set, val_set, profile, model_dir, progress=progress, device=device, data=prepared.fingerprint
+    )
     if _rank() == 0:
         with atomic_path(history_file) as tmp:
             history.to_csv(tmp, index=False)

@@ -46,15 +46,16 @@ class PreparedData:
         Rows dropped by an audited skip (``Path``, ``problem``).
     root : Path
         The dataset folder.
-    fingerprint : str
-        What a model trained on these data depends on, hashed (:func:`data_fingerprint`); checkpoints record it.
+    fingerprint : str or None
+        What a model trained on these data depends on, hashed (:func:`data_fingerprint`; None for data not read
+        from a cache folder); checkpoints record it.
     """
 
     index: pd.DataFrame
     images: dict[str, np.ndarray]
     skipped: pd.DataFrame
     root: Path
-    fingerprint: str = ""
+    fingerprint: str | None = None
 
     def split(self, name: str) -> pd.DataFrame:
         """Rows of one split, in the order of ``images[name]``."""
