@@ -62,22 +62,22 @@ def _create_temporary(folder: Path, prefix: str) -> tuple[int, Path]:
     Written by hand because :func:`tempfile.mkstemp` makes files only their owner may read, and the rename would
     keep that: a cache or table shared with other users must get the mode any new file gets (0666 less the umask).
     """
-    while True:
-        path = folder / f"{prefix}{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), path
-        except FileExistsError:
-            continue
+    return _unused_name(folder, prefix, ".tmp", lambda path: os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 def new_folder(parent: str | os.PathLike, prefix: str) -> Path:
     """A new empty folder ``parent/<prefix><random>`` with the mode any new folder gets (0777 less the umask), to
     fill and then rename into place; :func:`tempfile.mkdtemp` would make it, and what is renamed from it, private."""
+    return _unused_name(Path(parent), prefix, "", lambda path: path.mkdir(mode=0o777))[1]
+
+
+def _unused_name(folder: Path, prefix: str, suffix: str, create):
+    """``(create(path), path)`` for the first random ``folder/<prefix><random><suffix>`` that ``create`` makes anew
+    (it must raise :class:`FileExistsError` for a taken name, as exclusive creation does)."""
     while True:
-        path = Path(parent) / f"{prefix}{secrets.token_hex(4)}"
+        path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
         try:
-            path.mkdir(mode=0o777)
-            return path
+            return create(path), path
         except FileExistsError:
             continue
 

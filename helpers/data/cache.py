@@ -237,23 +237,22 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     preparation = spawn.get_preparation_data("decoding")
     main = {key: preparation[key] for key in ("init_main_from_path", "init_main_from_name") if key in preparation}
     if main:  # a script or ``python -m``; nothing in a notebook kernel
-        _start_fork_server({FORKSERVER_MAIN_VARIABLE: json.dumps(main)})
+        _start_fork_server(json.dumps(main))
     return context
 
 
-def _start_fork_server(environment: dict[str, str]) -> None:
-    """Start the fork server now, if none runs, with ``environment`` added to its environment only (this process's
-    is restored, so no other child inherits it)."""
-    saved = {name: os.environ.get(name) for name in environment}
-    os.environ.update(environment)
+def _start_fork_server(main: str) -> None:
+    """Start the fork server now, if none runs, with ``main`` in :data:`FORKSERVER_MAIN_VARIABLE` of its environment
+    only (this process's is restored, so no other child inherits it)."""
+    previous = os.environ.get(FORKSERVER_MAIN_VARIABLE)
+    os.environ[FORKSERVER_MAIN_VARIABLE] = main
     try:
         forkserver.ensure_running()
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if previous is None:
+            del os.environ[FORKSERVER_MAIN_VARIABLE]
+        else:
+            os.environ[FORKSERVER_MAIN_VARIABLE] = previous
 
 
 def _checked(problems: list[tuple[int, DatasetError]], on_bad: str) -> list[tuple[int, DatasetError]]:
