@@ -56,6 +56,11 @@ def test_the_report_adds_up_notebooks_03_to_05_and_compares_the_feed_at_the_prof
     assert "notebooks 03-05 together: 100.0 s, of which 20.0 s train the shuffled-label model; 80.0 s without it" in out
     assert "the last is 0.80 x the synthetic steps at batch 64" in out
     assert "(191,027 images): 5.0 min at 640 images/s" in out
+    table_to_02 = table[table["notebook"] == "02"]  # --last-notebook 02: the feed alone, no 03-05 total
+    bench.report(table_to_02, "a card", batch_size=64)
+    out = capsys.readouterr().out
+    assert "notebooks 03-05 together" not in out
+    assert "the last is 0.80 x the synthetic steps at batch 64" in out
 
 
 def _nap(seconds):
