@@ -179,9 +179,22 @@ class CallClock:
         return lines
 
 
-def synthetic_steps(arch: str, batch: int, size: int, device: torch.device, steps: int = 20) -> float:
-    """Training images/s on tensors already on the device (AMP, channels-last): the GPU's own ceiling."""
-    model = models.build_model(arch).to(device, memory_format=torch.channels_last).train()
+def synthetic_steps(
+    arch: str, batch: int, size: int, device: torch.device, deterministic: bool, steps: int = 20
+) -> float:
+    """Training images/s on tensors already on the device (AMP, channels-last): the GPU's own ceiling, with
+    deterministic kernels (as training runs by default, :attr:`helpers.config.TrainSettings.deterministic`) or
+    with the fastest ones cuDNN picks."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    try:
+        return _timed_steps(models.build_model(arch), batch, size, device, steps)
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=True)
+
+
+def _timed_steps(model: torch.nn.Module, batch: int, size: int, device: torch.device, steps: int) -> float:
+    model = model.to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
@@ -202,6 +215,14 @@ def synthetic_steps(arch: str, batch: int, size: int, device: torch.device, step
     return steps * batch / (time.perf_counter() - started)
 
 
+def synthetic_step_name(batch: int, deterministic: bool) -> str:
+    """The table's name of a synthetic-steps row."""
+    return f"synthetic training steps, batch {batch}, {KERNELS[deterministic]}"
+
+
+KERNELS = {True: "deterministic kernels", False: "fastest kernels"}
+
+
 def paper_run(args) -> Run:
     """The paper profile (real-data layout, read from ``$CHEXPERT_ROOT``) with a random initialisation.
 
@@ -211,6 +232,7 @@ def paper_run(args) -> Run:
     profile = config.load_profile(
         args.profile,
         weights=None,
+        deterministic=not args.fastest_kernels,
         n_explain=args.n_explain,
         min_positives=0,
         max_epochs=args.epochs,
@@ -241,10 +263,13 @@ def notebook_01(run: Run, timer: Timer, args) -> None:
 def notebook_02(run: Run, timer: Timer) -> None:
     settings, size = run.profile.train, run.profile.image_size
     for batch in sorted({settings.batch_size, 64}):
-        rate = synthetic_steps(settings.arch, batch, size, run.device)
-        step = f"synthetic training steps, batch {batch}"
-        timer.rows.append({"notebook": "02", "step": step, "seconds": float("nan"), "images": 0, "images_per_s": rate})
-        print(f"02 | synthetic steps, batch {batch} | {rate:.0f} images/s", flush=True)
+        for deterministic in KERNELS:
+            rate = synthetic_steps(settings.arch, batch, size, run.device, deterministic)
+            step = synthetic_step_name(batch, deterministic)
+            timer.rows.append(
+                {"notebook": "02", "step": step, "seconds": float("nan"), "images": 0, "images_per_s": rate}
+            )
+            print(f"02 | {step} | {rate:.0f} images/s", flush=True)
     n_train = len(run.data().split("train"))
     epochs = run.profile.train.max_epochs
     with timer.step("02", f"train {epochs} epochs (batch {settings.batch_size}, incl. validation)", n_train * epochs):
@@ -361,6 +386,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (the last is the steady state)")
     parser.add_argument("--out", help="also write the table as CSV here")
     parser.add_argument(
+        "--fastest-kernels", action="store_true", help="train without deterministic kernels (deterministic=False)"
+    )
+    parser.add_argument(
         "--last-notebook",
         choices=sorted(LATER_NOTEBOOKS) + ["02"],
         default="05",
@@ -384,13 +412,15 @@ def main() -> None:
         if number <= args.last_notebook:
             notebook(run, timer)
     table = pd.DataFrame(timer.rows).assign(device=name)
-    report(table, name, run.profile.train.batch_size)
+    report(table, name, run.profile.train.batch_size, run.profile.train.deterministic)
     if args.out:
         table.to_csv(args.out, index=False)
 
 
-def report(table: pd.DataFrame, device: str, batch_size: int) -> None:
-    """The table, the per-notebook totals, the feed ratio and the full-CheXpert epoch projection."""
+def report(table: pd.DataFrame, device: str, batch_size: int, deterministic: bool = True) -> None:
+    """The table, the per-notebook totals, the feed ratio (against the synthetic steps with the kernels the
+    training used: what the loader alone costs), the price of deterministic kernels and the full-CheXpert epoch
+    projection."""
     print(f"\n| notebook | step | seconds | images/s |  ({device})\n|---|---|---|---|")
     for row in table.itertuples():
         print(f"| {row.notebook} | {row.step} | {row.seconds:.2f} | {row.images_per_s:.1f} |")
@@ -405,12 +435,18 @@ def report(table: pd.DataFrame, device: str, batch_size: int) -> None:
         )
     synthetic = table[table["step"].str.startswith("synthetic")].set_index("step")["images_per_s"]
     epochs = table[table["step"].str.startswith("training epoch")]["images_per_s"]
-    same_batch = synthetic[f"synthetic training steps, batch {batch_size}"]
+    same_batch = synthetic[synthetic_step_name(batch_size, deterministic)]
     steady = epochs.iloc[-1]
     print(
-        f"epoch throughput {', '.join(f'{e:.0f}' for e in epochs)} images/s (first to last epoch); the last is "
-        f"{steady / same_batch:.2f} x the synthetic steps at batch {batch_size} (target >= 0.8)"
+        f"epoch throughput {', '.join(f'{e:.0f}' for e in epochs)} images/s (first to last epoch, "
+        f"{KERNELS[deterministic]}); the last is {steady / same_batch:.2f} x the synthetic steps at batch "
+        f"{batch_size} with the same kernels (target >= 0.8)"
     )
+    for step, slow in synthetic.items():
+        fast = synthetic.get(step.replace(KERNELS[True], KERNELS[False]))
+        if step.endswith(KERNELS[True]) and fast is not None:
+            batch = step.removeprefix("synthetic training steps, ").removesuffix(f", {KERNELS[True]}")
+            print(f"deterministic kernels at {batch}: {slow:.0f} against {fast:.0f} images/s ({slow / fast:.2f} x)")
     print(
         f"projected epoch on the full CheXpert-small ({CHEXPERT_SMALL_TRAIN:,} images): "
         f"{CHEXPERT_SMALL_TRAIN / steady / 60:.1f} min at {steady:.0f} images/s"

@@ -58,6 +58,13 @@ class TrainSettings:
         Train on a random subset of this many training images (drawn with the profile's seed) and validate on
         the same share of the validation split; ``None`` (the default) uses every image. Bounds a training that
         needs no more data at CheXpert's scale, as the shuffled-label model of the data randomisation test.
+    deterministic : bool
+        Deterministic kernels where torch has them (``torch.use_deterministic_algorithms``; the default). Speed
+        only, like ``num_workers``: on the CPU our networks' kernels are deterministic either way; on CUDA they
+        cost DenseNet-121 about 0.7x its training throughput (an H200: 668 against 926 images/s at batch 64,
+        172 against 254 at 16; README, "The paper profile on a GPU") and still do not make two runs identical
+        there (adaptive pooling's backward has no deterministic CUDA kernel). ``False`` lets cuDNN pick its
+        fastest kernels.
     """
 
     arch: str = "densenet_compact"
@@ -74,6 +81,7 @@ class TrainSettings:
     seed: int | None = None
     lr_reference_batch: int | None = None
     train_images: int | None = None
+    deterministic: bool = True
 
     def __post_init__(self):
         for name in ("lr_reference_batch", "train_images"):
@@ -303,10 +311,11 @@ def resume_fields(profile: Profile) -> dict:
 
     Every setting that changes the trained weights, as plain types (the checkpoint's metadata holds the
     same keys). Left out: ``max_epochs`` (a run may be resumed to train longer; whether a run is finished
-    is a separate question), ``num_workers`` (speed only) and :data:`RESUME_DEFAULTS` at their defaults.
+    is a separate question), ``num_workers`` and ``deterministic`` (speed only) and :data:`RESUME_DEFAULTS` at
+    their defaults.
     """
     settings = asdict(profile.train)
-    del settings["max_epochs"], settings["num_workers"]
+    del settings["max_epochs"], settings["num_workers"], settings["deterministic"]
     settings = {("train_seed" if key == "seed" else key): value for key, value in settings.items()}
     settings["marker"] = profile.shortcut.marker() if profile.marker else None
     settings = {

@@ -110,13 +110,14 @@ def _forced_device(name: str) -> torch.device:
     return _device(name)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch; deterministic kernels where torch has them."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, numpy and torch; deterministic kernels where torch has them, unless ``deterministic`` is
+    False (:attr:`helpers.config.TrainSettings.deterministic`)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     # warn_only: CUDA has no deterministic adaptive-pooling backward, and must not crash for it
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def _rank() -> int:
@@ -134,13 +135,14 @@ def _distributed() -> bool:
 def checkpoint_meta(profile: Profile) -> dict:
     """Plain-type metadata every checkpoint of ``profile`` carries (flat keys, as older checkpoints have).
 
-    :func:`helpers.config.resume_fields` plus ``max_epochs``, ``num_workers``, the profile's name and
-    ``input`` (how radiographs reach the network).
+    :func:`helpers.config.resume_fields` plus ``max_epochs``, ``num_workers``, ``deterministic``, the profile's
+    name and ``input`` (how radiographs reach the network).
     """
     return {
         **config.resume_fields(profile),
         "max_epochs": profile.train.max_epochs,
         "num_workers": profile.train.num_workers,
+        "deterministic": profile.train.deterministic,
         "profile": profile.name,
         "input": INPUT_DESCRIPTION,
     }
@@ -455,7 +457,7 @@ def _train(
     device: torch.device | str | None = None,
 ) -> None:
     settings = profile.train
-    seed_everything(config.training_seed(profile))
+    seed_everything(config.training_seed(profile), settings.deterministic)
     model = models.build_model(settings.arch, len(labels.PATHOLOGIES), settings.weights)
     train_set = prepared.dataset("train", settings.policy, profile.mean, profile.std)
     val_set = prepared.dataset("val", settings.policy, profile.mean, profile.std)

@@ -42,7 +42,8 @@ def test_the_benchmark_reads_what_it_needs_from_each_notebooks_parameters(bench,
 
 def test_the_report_adds_up_notebooks_03_to_05_and_compares_the_feed_at_the_profiles_batch(bench, capsys):
     rows = [
-        ("02", "synthetic training steps, batch 64", float("nan"), 0, 800.0),
+        ("02", "synthetic training steps, batch 64, deterministic kernels", float("nan"), 0, 800.0),
+        ("02", "synthetic training steps, batch 64, fastest kernels", float("nan"), 0, 1000.0),
         ("02", "training epoch 1 (DataLoader-fed, no validation)", 10.0, 1000, 500.0),
         ("02", "training epoch 2 (DataLoader-fed, no validation)", 2.5, 1000, 640.0),
         ("03", "lrp, 14 pathologies", 30.0, 32, 1.0),
@@ -54,8 +55,13 @@ def test_the_report_adds_up_notebooks_03_to_05_and_compares_the_feed_at_the_prof
     bench.report(table, "a card", batch_size=64)
     out = capsys.readouterr().out
     assert "notebooks 03-05 together: 100.0 s, of which 20.0 s train the shuffled-label model; 80.0 s without it" in out
-    assert "the last is 0.80 x the synthetic steps at batch 64" in out
+    assert (
+        "epoch, deterministic kernels); the last is 0.80 x the synthetic steps at batch 64 with the same kernels" in out
+    )
+    assert "deterministic kernels at batch 64: 800 against 1000 images/s (0.80 x)" in out
     assert "(191,027 images): 5.0 min at 640 images/s" in out
+    bench.report(table, "a card", batch_size=64, deterministic=False)  # trained with the fastest kernels
+    assert "epoch, fastest kernels); the last is 0.64 x the synthetic steps" in capsys.readouterr().out
     table_to_02 = table[table["notebook"] == "02"]  # --last-notebook 02: the feed alone, no 03-05 total
     bench.report(table_to_02, "a card", batch_size=64)
     out = capsys.readouterr().out

@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pandas as pd
@@ -370,3 +371,36 @@ def test_a_validation_split_without_a_defined_auroc_is_refused_before_training(t
     with pytest.raises(train.TrainingError, match=r"validation split \(8 images\) has no pathology with both"):
         train.fit(_fresh_model(), train_set, blank, _config(max_epochs=1), tmp_path, progress=False)
     assert not (tmp_path / train.LAST).exists()
+
+
+def test_deterministic_kernels_are_a_speed_setting_the_training_applies(tmp_path, monkeypatch):
+    """On the CPU the weights are the same with and without deterministic kernels (so the setting is no resume
+    field); a checkpoint records it, and training switches torch to it before building the model."""
+    train_set, val_set = _tiny_sets()
+    weights = []
+    for deterministic in (True, False):
+        profile = _config(max_epochs=1, deterministic=deterministic)
+        train.seed_everything(0, deterministic)
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+        model = models.build_model("densenet_compact")
+        train.fit(model, train_set, val_set, profile, tmp_path / str(deterministic), progress=False)
+        payload = models.read_checkpoint(tmp_path / str(deterministic) / train.LAST)
+        assert payload["meta"]["deterministic"] is deterministic
+        weights.append(payload["state_dict"])
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    assert config.resume_fields(_config(deterministic=False)) == config.resume_fields(_config())
+
+    seen = []
+
+    def record_and_stop(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "fit", record_and_stop)
+    splits = dict(zip(("train", "val"), _tiny_sets()))
+    prepared = types.SimpleNamespace(dataset=lambda name, *_: splits[name], fingerprint=None)
+    for deterministic in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            train._train(_config(deterministic=deterministic), prepared, tmp_path, tmp_path / "h.csv", False)
+    assert seen == [False, True]  # and the process is left with deterministic kernels, as the other tests expect
