@@ -86,7 +86,7 @@ lab: $(RUN_STAMP) ## Open JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks
 
 bench: $(STAMP) ## Run the benchmarks in benchmarks/ and print their tables
-	set -e; for script in $(filter-out benchmarks/bench_gpu.py,$(wildcard benchmarks/bench_*.py)); do \
+	set -e; for script in $(filter-out benchmarks/bench_gpu%.py,$(wildcard benchmarks/bench_*.py)); do \
 	  echo "== $$script"; $(BIN)/python $$script; done
 
 bench-gpu: $(STAMP) ## The paper profile on a GPU, per notebook and step (benchmarks/bench_gpu.py)

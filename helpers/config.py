@@ -61,10 +61,10 @@ class TrainSettings:
     deterministic : bool
         Deterministic kernels where torch has them (``torch.use_deterministic_algorithms``; the default). Speed
         only, like ``num_workers``: on the CPU our networks' kernels are deterministic either way; on CUDA they
-        cost DenseNet-121 about 0.7x its training throughput (an H200: 668 against 926 images/s at batch 64,
-        172 against 254 at 16; README, "The paper profile on a GPU") and still do not make two runs identical
-        there (adaptive pooling's backward has no deterministic CUDA kernel). ``False`` lets cuDNN pick its
-        fastest kernels.
+        cost DenseNet-121 about 0.7x its training throughput (an H200's synthetic steps: 668 against 926
+        images/s at 64, 172 against 254 at 16; README, "The paper profile on a GPU") and still do not make two
+        runs identical there (adaptive pooling's backward has no deterministic CUDA kernel). ``False`` lets
+        cuDNN pick its fastest kernels.
     """
 
     arch: str = "densenet_compact"
@@ -234,9 +234,8 @@ PROFILES: dict[str, Profile] = {
         notes="Real CheXpert with the paper's settings; needs a GPU and the dataset.",
     ),
 }
-#: The paper's training at batch 64 (on an H200, synthetic training steps ran 854 images/s at 64 against 214 at
-#: 16; a DataLoader-fed epoch at 64 is not measured yet), the learning rate by the linear rule from the paper's
-#: 1e-4 at 16: 4e-4.
+#: The paper's training at batch 64 (on an H200, a DataLoader-fed epoch ran 658 images/s against 201 at 16), the
+#: learning rate by the linear rule from the paper's 1e-4 at 16: 4e-4.
 PROFILES["paper-batch64"] = replace(
     PROFILES["paper"],
     name="paper-batch64",

@@ -5,8 +5,10 @@ import threading
 import time
 import types
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 #: The parameters each notebook's timing reads (``notebook_03`` .. ``notebook_05``).
 READ = {
@@ -129,3 +131,12 @@ def test_the_call_clock_times_a_method_of_a_base_class_and_of_a_subclass_that_in
         assert explainer.explain(0.01) is explainer
     assert [len(clock.calls[label]) for label in ("explain", "sub")] == [1, 1]
     assert "explain" not in vars(_Lrp) and _Lrp.explain is _Explainer.explain is original
+
+
+def test_the_feed_benchmark_trains_epochs_from_a_memory_mapped_uint8_array(import_script, tmp_path):
+    feed = import_script("benchmarks/bench_gpu_feed.py")
+    dataset = feed.random_dataset(24, 32, str(tmp_path))
+    assert dataset.images.dtype == "uint8" and dataset.images.shape == (24, 32, 32)
+    assert isinstance(dataset.images, np.memmap)  # read as the decoded cache is
+    rates = feed.fed_epochs(dataset, "densenet_compact", 8, 0, torch.device("cpu"), epochs=2)
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)
