@@ -89,8 +89,8 @@ bench: $(STAMP) ## Run the benchmarks in benchmarks/ and print their tables
 	set -e; for script in $(filter-out benchmarks/bench_gpu%.py,$(wildcard benchmarks/bench_*.py)); do \
 	  echo "== $$script"; $(BIN)/python $$script; done
 
-bench-gpu: $(STAMP) ## The paper profile on a GPU, per notebook and step (benchmarks/bench_gpu.py)
-	$(BIN)/python benchmarks/bench_gpu.py
+bench-gpu: $(STAMP) ## The paper profile on a GPU, per notebook and step, then notebooks 03-05 by papermill
+	$(BIN)/python benchmarks/bench_gpu.py --notebooks
 
 clean: ## Remove run folders (data caches, checkpoints, executed notebooks); keeps .venv
 	rm -rf runs

@@ -2,17 +2,18 @@
 
 What notebooks 01-05 do in the ``paper`` profile (DenseNet-121, 224 px, the paper's batch of 16), run through
 :class:`helpers.run.Run` step by step and timed: decoding into the cache, training steps on synthetic tensors
-against real epochs fed by the DataLoader (the second epoch is the steady state: workers started, cuDNN tuned),
-test prediction with its bootstrap, LRP (the composites, conservation table and canonization levels of notebook
-03), the CAM family with Grad-CAM at 2x and 4x, and notebook 05's comparison through :mod:`helpers.study`, the code
-the notebook runs (gradient family, baselines, occlusion, scores, counterfactual deletion / insertion, model and
-data randomisation, bootstrap summaries and paired comparisons). Methods, sample sizes and checks are the defaults
-of each notebook's parameters cell, read from the notebook. Figures are not drawn. ImageNet weights cannot be
-downloaded here, so a random initialisation stands in (the speed is the same). The phantom is written at
+against real epochs fed by the DataLoader (the second epoch is the steady state: workers started, cuDNN tuned), test
+prediction with its bootstrap, LRP (the composites, conservation table and canonization levels of notebook 03), the
+CAM family with Grad-CAM at 2x and 4x, and notebook 05's comparison through :mod:`helpers.study`, the code the
+notebook runs (gradient family, baselines, occlusion, scores, counterfactual deletion / insertion, model and data
+randomisation, bootstrap summaries and paired comparisons). Methods, sample sizes and checks are the defaults of
+each notebook's parameters cell, read from the notebook. Figures are not drawn there; ``--notebooks`` then runs
+notebooks 03-05 themselves by papermill (kernels, figures and viewers included) on the same model. ImageNet weights
+cannot be downloaded here, so a random initialisation stands in (the speed is the same). The phantom is written at
 CheXpert-small's size (``--width`` x ``--height``), or read from ``--data``; as a chexplain phantom it also has
-training masks (the prior baseline) and counterfactual renders, which real CheXpert lacks. Exactly
-``--n-explain`` images are explained (the profile's ``min_positives`` is set to 0). Ends with the projected time
-of one epoch on the full CheXpert-small (191,027 frontal training images).
+training masks (the prior baseline) and counterfactual renders, which real CheXpert lacks. Exactly ``--n-explain``
+images are explained (the profile's ``min_positives`` is set to 0). Ends with the projected time of one epoch on the
+full CheXpert-small (191,027 frontal training images).
 
 Run: ``python benchmarks/bench_gpu.py [--data FOLDER] [--n-train 2000] [--n-valid 200] [--out results.csv]``
 (``make bench-gpu``). Needs a CUDA GPU for meaningful numbers; it runs anywhere.
@@ -27,6 +28,7 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -224,23 +226,28 @@ KERNELS = {True: "deterministic kernels", False: "fastest kernels"}
 
 
 def paper_run(args) -> Run:
-    """The paper profile (real-data layout, read from ``$CHEXPERT_ROOT``) with a random initialisation.
+    """The paper profile (real-data layout, read from ``$CHEXPERT_ROOT``) with :func:`profile_overrides`."""
+    return Run(args.profile, overrides=profile_overrides(args))
+
+
+def profile_overrides(args) -> dict:
+    """What the benchmark changes in the profile: a random initialisation, exactly ``--n-explain`` images, its
+    epochs and resamples; plain values, so the notebooks run by ``--notebooks`` get the same (their
+    ``profile_overrides`` parameter).
 
     ``--smoke`` shrinks the network and images so that the script itself can be checked on a CPU in a minute.
     """
     smoke = {"arch": "densenet_compact", "image_size": 64, "num_workers": 0} if args.smoke else {}
-    profile = config.load_profile(
-        args.profile,
-        weights=None,
-        deterministic=not args.fastest_kernels,
-        n_explain=args.n_explain,
-        min_positives=0,
-        max_epochs=args.epochs,
-        patience=args.epochs,
-        n_boot=args.n_boot,
+    return {
+        "weights": None,
+        "deterministic": not args.fastest_kernels,
+        "n_explain": args.n_explain,
+        "min_positives": 0,
+        "max_epochs": args.epochs,
+        "patience": args.epochs,
+        "n_boot": args.n_boot,
         **smoke,
-    )
-    return Run(profile)
+    }
 
 
 def notebook_01(run: Run, timer: Timer, args) -> None:
@@ -371,6 +378,30 @@ def sanity_clock(timer: Timer) -> CallClock:
 
 
 LATER_NOTEBOOKS = {"03": notebook_03, "04": notebook_04, "05": notebook_05}
+NOTEBOOK_FILES = {"03": "03_lrp_zennit.ipynb", "04": "04_gradcam.ipynb", "05": "05_compare.ipynb"}
+PAPERMILL = "by papermill (kernel start, figures)"
+
+
+def notebooks_by_papermill(run: Run, timer: Timer, overrides: dict) -> None:
+    """Notebooks 03-05 themselves, one after the other as ``make run`` runs them: each in its own kernel, with its
+    figures and viewers, on the model notebook 02's step trained (same profile and ``overrides``). Their default
+    parameters, as the steps above; the executed notebooks are kept in the run folder. The shuffled-label model
+    the steps trained is removed first, so that notebook 05 trains it as in a run of its own (the maps the steps
+    saved are made again by the notebooks, which do not reuse them by default)."""
+    import papermill  # only here: the GPU machines need it brought as a wheel
+
+    shutil.rmtree(run.shuffled_model_dir)
+    out = run.folder("bench_notebooks")
+    parameters = {"profile_name": run.profile.name, "profile_overrides": overrides}
+    for number, notebook in NOTEBOOK_FILES.items():
+        with timer.step(f"{number} {PAPERMILL}", "whole notebook", len(run.explained())):
+            papermill.execute_notebook(
+                str(paths.NOTEBOOKS_DIR / notebook),
+                str(out / notebook),
+                parameters=parameters,
+                cwd=str(paths.NOTEBOOKS_DIR),
+                progress_bar=False,
+            )
 
 
 def main() -> None:
@@ -387,6 +418,12 @@ def main() -> None:
     parser.add_argument("--out", help="also write the table as CSV here")
     parser.add_argument(
         "--fastest-kernels", action="store_true", help="train without deterministic kernels (deterministic=False)"
+    )
+    parser.add_argument(
+        "--notebooks",
+        action="store_true",
+        help="then run notebooks 03-05 themselves by papermill and time each (with --last-notebook 02: instead of "
+        "the steps)",
     )
     parser.add_argument(
         "--last-notebook",
@@ -411,6 +448,8 @@ def main() -> None:
     for number, notebook in LATER_NOTEBOOKS.items():
         if number <= args.last_notebook:
             notebook(run, timer)
+    if args.notebooks:
+        notebooks_by_papermill(run, timer, profile_overrides(args))
     table = pd.DataFrame(timer.rows).assign(device=name)
     report(table, name, run.profile.train.batch_size, run.profile.train.deterministic)
     if args.out:
@@ -433,6 +472,10 @@ def report(table: pd.DataFrame, device: str, batch_size: int, deterministic: boo
             f"notebooks 03-05 together: {together:.1f} s, of which {training:.1f} s train the shuffled-label model; "
             f"{together - training:.1f} s without it (target <= 120 s on an H100-class card)"
         )
+    by_papermill = [f"{number} {PAPERMILL}" for number in LATER_NOTEBOOKS]
+    if set(by_papermill) <= set(totals.index):
+        each = ", ".join(f"{name[:2]} {totals[name]:.1f} s" for name in by_papermill)
+        print(f"notebooks 03-05 {PAPERMILL}: {totals[by_papermill].sum():.1f} s ({each}; target <= 120 s)")
     synthetic = table[table["step"].str.startswith("synthetic")].set_index("step")["images_per_s"]
     epochs = table[table["step"].str.startswith("training epoch")]["images_per_s"]
     same_batch = synthetic[synthetic_step_name(batch_size, deterministic)]

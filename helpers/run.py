@@ -125,6 +125,10 @@ class Run:
         The run folder (default ``runs/<profile>/``; :meth:`twin` puts its runs inside their parent's).
     data_from : Run, optional
         A run whose data folder and decoded-image cache this one shares (a twin on the same phantom).
+    overrides : dict, optional
+        Settings replaced in the named profile (:func:`helpers.config.load_profile`): a notebook's
+        ``profile_overrides`` parameter, e.g. ``{"deterministic": False}``. The run folder keeps the profile's
+        name; its checkpoints record the settings, so a model trained with others is refused, not used.
     """
 
     def __init__(
@@ -134,8 +138,13 @@ class Run:
         *,
         root: Path | None = None,
         data_from: Run | None = None,
+        overrides: dict | None = None,
     ):
-        self.profile = profile if isinstance(profile, config.Profile) else config.load_profile(profile)
+        if isinstance(profile, config.Profile) and overrides:
+            raise ValueError("Overrides apply to a profile's name; a Profile object already holds its settings.")
+        if not isinstance(profile, config.Profile):
+            profile = config.load_profile(profile, **(overrides or {}))
+        self.profile = profile
         self.device = torch.device(device) if device is not None else train.select_device()
         self.root = Path(root) if root is not None else paths.run_dir(self.profile.name)
         self._data_from = data_from
@@ -183,6 +192,11 @@ class Run:
     def model_dir(self) -> Path:
         """``last.pt`` (resume) and ``best.pt`` (the model every later notebook loads)."""
         return self.folder("model")
+
+    @property
+    def shuffled_model_dir(self) -> Path:
+        """The shuffled-label model of the data randomisation test (:meth:`shuffled_label_model`)."""
+        return self.folder("model_shuffled")
 
     @property
     def predictions_path(self) -> Path:
@@ -249,7 +263,7 @@ class Run:
         ``images`` bounds its training images (a seeded subset: :attr:`helpers.config.TrainSettings.train_images`):
         two epochs of CheXpert-small's 191,027 images would take about half an hour on an H200 (the GPU
         benchmark's projected epoch) to learn labels that mean nothing."""
-        profile, folder = self.shuffled_label_profile(epochs, images), self.folder("model_shuffled")
+        profile, folder = self.shuffled_label_profile(epochs, images), self.shuffled_model_dir
         stale = train.discard_other_settings(folder, profile, self.data().fingerprint)
         if stale:
             print(f"{folder} had been trained with other settings or data ({'; '.join(stale)}): training it again.")

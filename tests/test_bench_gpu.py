@@ -64,6 +64,17 @@ def test_the_report_adds_up_notebooks_03_to_05_and_compares_the_feed_at_the_prof
     assert "(191,027 images): 5.0 min at 640 images/s" in out
     bench.report(table, "a card", batch_size=64, deterministic=False)  # trained with the fastest kernels
     assert "epoch, fastest kernels); the last is 0.64 x the synthetic steps" in capsys.readouterr().out
+    by_papermill = pd.DataFrame(
+        [
+            (f"{n} {bench.PAPERMILL}", "whole notebook", seconds, 32, 1.0)
+            for n, seconds in (("03", 30), ("04", 10), ("05", 70))
+        ],
+        columns=table.columns,
+    )
+    bench.report(pd.concat([table, by_papermill]), "a card", batch_size=64)  # --notebooks: reported apart
+    out = capsys.readouterr().out
+    assert "notebooks 03-05 together: 100.0 s" in out  # the steps' total does not count the notebooks' runs
+    assert "notebooks 03-05 by papermill (kernel start, figures): 110.0 s (03 30.0 s, 04 10.0 s, 05 70.0 s" in out
     table_to_02 = table[table["notebook"] == "02"]  # --last-notebook 02: the feed alone, no 03-05 total
     bench.report(table_to_02, "a card", batch_size=64)
     out = capsys.readouterr().out

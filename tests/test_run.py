@@ -94,3 +94,14 @@ def test_balanced_pairs_take_the_findings_in_turns_one_pair_per_image():
     assert findings.count("Edema") == 2 and findings.count("Fracture") == 2 and findings.count("Support Devices") == 2
     assert batch.balanced_pairs(6, seed=0) == chosen
     assert len(batch.balanced_pairs(100, seed=0)) == n  # one per image at most
+
+
+def test_overrides_replace_settings_of_the_named_profile_in_its_own_folder(runs):
+    run = Run("smoke", device="cpu", overrides={"n_explain": 3, "deterministic": False})
+    assert (run.profile.n_explain, run.profile.train.deterministic) == (3, False)
+    assert run.root == runs / "smoke" and run.profile.name == "smoke"
+    assert Run("smoke", device="cpu", overrides={}).profile == config.load_profile("smoke")
+    with pytest.raises(ValueError, match="max_epoch.*max_epochs"):  # named as load_profile names it
+        Run("smoke", device="cpu", overrides={"max_epoch": 2})
+    with pytest.raises(ValueError, match="Profile object"):
+        Run(config.load_profile("smoke"), device="cpu", overrides={"n_explain": 3})
