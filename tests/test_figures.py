@@ -34,6 +34,31 @@ def test_save_figure_writes_pdf_with_truetype_fonts_and_300_dpi_png(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_save_figure_crops_both_files_as_matplotlibs_own_tight_box(tmp_path):
+    """One box measured for both files: the PNG never smaller than savefig's own ``bbox_inches="tight"`` (nothing
+    cut off) and at most 2% larger on each side (the box comes from a 100-dpi layout, whose text is a little
+    wider, savefig's from 300 dpi), with a title and a label sticking out."""
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(figures.ONE_COLUMN, 2))
+    ax.imshow(np.random.default_rng(0).random((32, 32)))
+    ax.set_title("Enlarged Cardiomediastinum, a long title", loc="left")
+    ax.set_ylabel("a label left of the axes")
+    _, png = figures.save_figure(fig, 1, "crop", tmp_path)
+    with figures.paper_style():
+        fig.savefig(tmp_path / "tight.png", bbox_inches="tight")
+    with Image.open(png) as ours, Image.open(tmp_path / "tight.png") as tight:
+        ratio = np.array(ours.size) / np.array(tight.size)
+    assert np.all(ratio >= 1) and np.all(ratio <= 1.02), (ours.size, tight.size)
+    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.figure import Figure
+
+    assert figures._tight_box(fig) != "tight"  # pyplot's figures (all of ours) have an Agg canvas
+    bare = Figure()
+    FigureCanvasBase(bare)  # a canvas without a renderer: savefig measures each file itself
+    assert figures._tight_box(bare) == "tight"
+
+
 def test_save_table_writes_csv_and_booktabs_latex(tmp_path):
     table = pd.DataFrame({"method": ["gradcam", "lrp_z"], "hit": [0.5, np.nan]})
     csv, tex = figures.save_table(table, tmp_path, "table1_x", caption="A caption")
