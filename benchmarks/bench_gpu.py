@@ -187,34 +187,37 @@ def synthetic_steps(
     """Training images/s on tensors already on the device (AMP, channels-last): the GPU's own ceiling, with
     deterministic kernels (as training runs by default, :attr:`helpers.config.TrainSettings.deterministic`) or
     with the fastest ones cuDNN picks."""
+    with kernels(deterministic):
+        model = models.build_model(arch).to(device, memory_format=torch.channels_last).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        target = torch.randint(0, 2, (batch, len(labels.PATHOLOGIES)), device=device).float()
+        for step in range(steps + 3):
+            if step == 3:  # after warm-up (cuDNN autotuning, allocator)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                loss = train.masked_bce(model(images).float(), target, torch.ones_like(target))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return steps * batch / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def kernels(deterministic: bool):
+    """Deterministic kernels on or off inside the block, torch's previous setting restored after it."""
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     try:
-        return _timed_steps(models.build_model(arch), batch, size, device, steps)
+        yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=True)
-
-
-def _timed_steps(model: torch.nn.Module, batch: int, size: int, device: torch.device, steps: int) -> float:
-    model = model.to(device, memory_format=torch.channels_last).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, 2, (batch, len(labels.PATHOLOGIES)), device=device).float()
-    for step in range(steps + 3):
-        if step == 3:  # after warm-up (cuDNN autotuning, allocator)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            started = time.perf_counter()
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            loss = train.masked_bce(model(images).float(), target, torch.ones_like(target))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return steps * batch / (time.perf_counter() - started)
 
 
 def synthetic_step_name(batch: int, deterministic: bool) -> str:
@@ -393,8 +396,9 @@ def notebooks_by_papermill(run: Run, timer: Timer, overrides: dict) -> None:
     shutil.rmtree(run.shuffled_model_dir)
     out = run.folder("bench_notebooks")
     parameters = {"profile_name": run.profile.name, "profile_overrides": overrides}
+    images = len(run.explained())
     for number, notebook in NOTEBOOK_FILES.items():
-        with timer.step(f"{number} {PAPERMILL}", "whole notebook", len(run.explained())):
+        with timer.step(f"{number} {PAPERMILL}", "whole notebook", images):
             papermill.execute_notebook(
                 str(paths.NOTEBOOKS_DIR / notebook),
                 str(out / notebook),

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_gpu beside this file, however it is run
 
-from bench_gpu import KERNELS, synthetic_steps  # noqa: E402
+from bench_gpu import KERNELS, kernels, synthetic_steps  # noqa: E402
 
 from helpers import config, models, train  # noqa: E402
 from helpers.data.datasets import ChestXrayDataset  # noqa: E402
@@ -78,22 +78,20 @@ def main() -> None:
     args = parser.parse_args()
     device = train.select_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    before = torch.are_deterministic_algorithms_enabled()
     with tempfile.TemporaryDirectory() as folder:
         dataset = random_dataset(args.images, args.size, folder)
         print(f"device {name}; {args.arch} at {args.size} px; {args.images} images per epoch", flush=True)
         for deterministic in (False, True):
-            torch.use_deterministic_algorithms(deterministic, warn_only=True)
             for batch in (16, 64):
                 rate = synthetic_steps(args.arch, batch, args.size, device, deterministic)
                 print(f"{KERNELS[deterministic]}, batch {batch}: synthetic steps {rate:.0f} images/s", flush=True)
             for workers in args.workers:
-                rates = fed_epochs(dataset, args.arch, 64, workers, device)
+                with kernels(deterministic):
+                    rates = fed_epochs(dataset, args.arch, 64, workers, device)
                 print(f"{KERNELS[deterministic]}, batch 64, {workers} workers: fed epochs {_listed(rates)} images/s")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        rates = fed_epochs(dataset, args.arch, 16, args.workers[0], device, epochs=1)
+        with kernels(True):
+            rates = fed_epochs(dataset, args.arch, 16, args.workers[0], device, epochs=1)
         print(f"{KERNELS[True]}, batch 16, {args.workers[0]} workers: fed epoch {_listed(rates)} images/s")
-    torch.use_deterministic_algorithms(before, warn_only=True)
 
 
 def _listed(rates: list[float]) -> str:
