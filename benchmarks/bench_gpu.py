@@ -32,6 +32,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -406,6 +407,33 @@ def notebooks_by_papermill(run: Run, timer: Timer, overrides: dict) -> None:
                 cwd=str(paths.NOTEBOOKS_DIR),
                 progress_bar=False,
             )
+        print(cell_breakdown(out / notebook, timer.rows[-1]["seconds"]), flush=True)
+
+
+#: Source text that marks a cell as drawing: a saved figure or an interactive viewer.
+DRAWING = ("save_figure(", "_viewer(")
+
+
+def cell_breakdown(executed: Path, whole: float) -> str:
+    """Where an executed notebook's time went, from papermill's per-cell durations: the kernel (start, shutdown,
+    papermill's own work: the whole minus the cells), the first code cell after the parameters (imports, model,
+    images), the cells that draw (:data:`DRAWING`), the other cells, and the longest cell."""
+    code = [c for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code"]
+    tags = [c.get("metadata", {}).get("tags", []) for c in code]
+    cells = [
+        ("".join(c["source"]), c["metadata"].get("papermill", {}).get("duration") or 0.0)
+        for c, tag in zip(code, tags)
+        if "parameters" not in tag and "injected-parameters" not in tag
+    ]
+    (_, first), rest = cells[0], cells[1:]
+    drawing = [seconds for source, seconds in rest if any(mark in source for mark in DRAWING)]
+    longest_source, longest = max(rest, key=lambda cell: cell[1])
+    return (
+        f"   kernel {whole - sum(seconds for _, seconds in cells):.1f} s, first cell {first:.1f} s, "
+        f"{len(drawing)} drawing cells {sum(drawing):.1f} s, {len(rest) - len(drawing)} other cells "
+        f"{sum(seconds for _, seconds in rest) - sum(drawing):.1f} s; longest {longest:.1f} s: "
+        f"{longest_source.strip().splitlines()[0][:60]}"
+    )
 
 
 def main() -> None:

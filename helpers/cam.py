@@ -9,6 +9,17 @@ from helpers.explainers.cam import (
     explain_cam,
     fast_cam,
     library_cam,
+    library_class,
 )
 
-__all__ = ["CAM", "FAST_METHODS", "METHODS", "SLOW_METHODS", "cam_layer", "explain_cam", "fast_cam", "library_cam"]
+__all__ = [
+    "CAM",
+    "FAST_METHODS",
+    "METHODS",
+    "SLOW_METHODS",
+    "cam_layer",
+    "explain_cam",
+    "fast_cam",
+    "library_cam",
+    "library_class",
+]

@@ -99,6 +99,35 @@ def save_figure(fig: plt.Figure, number: int, slug: str, folder: str | Path) -> 
     return written
 
 
+def show_saved(fig: plt.Figure, png: str | Path) -> bool:
+    """In a Jupyter kernel with the inline backend, show the saved ``png`` in place of ``fig`` and close ``fig``.
+
+    The notebook then shows the exported file itself, at the size the inline backend would (the figure's dpi),
+    and the figure is not drawn again for the display (0.3-0.4 s a figure on the 2-core CI machine). Elsewhere
+    (a script, another backend) nothing happens. Returns whether the file was shown.
+    """
+    if "inline" not in matplotlib.get_backend() or not _in_kernel():
+        return False
+    from IPython.display import Image, display
+    from PIL import Image as PILImage
+
+    with PILImage.open(png) as saved:
+        width = saved.width
+    display(Image(filename=str(png), width=round(width * fig.dpi / STYLE["savefig.dpi"])))
+    plt.close(fig)
+    return True
+
+
+def _in_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (where ``display`` reaches a notebook)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def _tight_box(fig: plt.Figure):
     """The figure's tight bounding box with ``savefig.pad_inches`` around it, from its canvas's renderer;
     ``"tight"`` (measured by each save) where the canvas has none."""

@@ -505,8 +505,11 @@ class Run:
         return pd.read_csv(path)
 
     def save_figure(self, fig: Figure, number: int, slug: str) -> list[Path]:
-        """``figN_<slug>.pdf`` and ``.png`` into :attr:`figures_dir`."""
-        return figures.save_figure(fig, number, slug, self.figures_dir)
+        """``figN_<slug>.pdf`` and ``.png`` into :attr:`figures_dir`; in a notebook the saved PNG is what it shows
+        (:func:`helpers.figures.show_saved`)."""
+        written = figures.save_figure(fig, number, slug, self.figures_dir)
+        figures.show_saved(fig, written[1])
+        return written
 
     def _once(self, stage: str, load):
         if stage not in self._loaded:

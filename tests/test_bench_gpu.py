@@ -1,6 +1,7 @@
 """``benchmarks/bench_gpu.py`` runs only on a GPU machine: what it reads from the notebooks and what it reports is
 checked here, so that a renamed parameter or a changed table fails on the CPU rather than on the device."""
 
+import json
 import threading
 import time
 import types
@@ -142,6 +143,30 @@ def test_the_call_clock_times_a_method_of_a_base_class_and_of_a_subclass_that_in
         assert explainer.explain(0.01) is explainer
     assert [len(clock.calls[label]) for label in ("explain", "sub")] == [1, 1]
     assert "explain" not in vars(_Lrp) and _Lrp.explain is _Explainer.explain is original
+
+
+def _cell(source, seconds, tags=()):
+    return {"cell_type": "code", "source": source, "metadata": {"tags": list(tags), "papermill": {"duration": seconds}}}
+
+
+def test_the_cell_breakdown_splits_an_executed_notebook_into_kernel_first_cell_drawing_and_the_rest(bench, tmp_path):
+    cells = [
+        _cell("profile_name = None", 0.01, ["parameters"]),
+        _cell("profile_name = 'paper'", 0.02, ["injected-parameters"]),
+        {"cell_type": "markdown", "source": "# text", "metadata": {}},
+        _cell("from helpers.run import Run\nrun = Run(profile_name)", 6.0),
+        _cell("maps = run.explain('gradcam')", 20.0),
+        _cell("fig = plot(maps)\nrun.save_figure(fig, 1, 'a')", 2.0),
+        _cell("widgets.heatmap_viewer(images, maps)", 0.5),
+        _cell("table = summarise(maps)", 1.0),
+    ]
+    executed = tmp_path / "executed.ipynb"
+    executed.write_text(json.dumps({"cells": cells}))
+    line = bench.cell_breakdown(executed, whole=31.53)
+    assert line == (
+        "   kernel 2.0 s, first cell 6.0 s, 2 drawing cells 2.5 s, 2 other cells 21.0 s; "
+        "longest 20.0 s: maps = run.explain('gradcam')"
+    )
 
 
 def test_the_feed_benchmark_trains_epochs_from_a_memory_mapped_uint8_array(import_script, tmp_path):

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +102,27 @@ def test_resnet50_target_layer(images):
     result = cam.explain_cam(net, images[:1], ["Edema"])
     assert result.params["layer"] == "head" and cam.cam_layer(net, "head") is net.layer4
     assert result.maps.shape == (1, 1, 64, 64)
+
+
+def test_every_method_names_a_class_of_the_library():
+    from pytorch_grad_cam.base_cam import BaseCAM
+
+    assert all(issubclass(cam.library_class(method), BaseCAM) for method in cam.METHODS)
+
+
+def test_the_library_is_imported_only_for_a_method_without_the_fast_path():
+    """LRP and the fast path (Grad-CAM, HiResCAM) run without pytorch-grad-cam, whose import with OpenCV and
+    scikit-learn takes seconds of every notebook kernel that would not use it."""
+    script = (
+        "import sys, torch\n"
+        "from helpers import explainers, models\n"
+        "net, x = models.build_model('densenet_compact').eval(), torch.zeros(1, 3, 32, 32)\n"
+        "for name in ('lrp_epsilon_plus_flat', 'gradcam', 'hirescam'):\n"
+        "    explainers.create(name).explain(net, x, ['Edema'])\n"
+        "print('pytorch_grad_cam' in sys.modules)\n"
+        "explainers.create('gradcam++').explain(net, x, ['Edema'])\n"
+        "print('pytorch_grad_cam' in sys.modules)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split() == ["False", "True"]

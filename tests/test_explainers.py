@@ -62,9 +62,13 @@ def test_every_explainer_returns_a_named_heatmap_set(model, images, name):
     assert np.allclose(result.probs, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "gradient_x_input", "gradcam", "edge"])
+@pytest.mark.parametrize(
+    "name",
+    ["lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "gradient_x_input", "gradcam", "gradcam_4x", "gradcam++", "edge"],
+)
 def test_explaining_pairs_gives_the_maps_of_explain_at_those_pairs_only(model, images, name):
-    """Each row's own class (LRP, gradients: one backward over all rows; CAM: per class) equals the full explain."""
+    """Each row's own class (LRP, gradients, Grad-CAM: one backward over all rows; the library's CAMs: per class)
+    equals the full explain."""
     explainer = explainers.create(name, batch_size=2)
     pairs = [(2, "Edema"), (0, "Cardiomegaly"), (0, "Edema"), (1, "Pneumothorax")]
     chosen = explainer.explain_pairs(model, images, pairs, image_ids=["a", "b", "c"])
@@ -80,6 +84,21 @@ def test_explaining_pairs_gives_the_maps_of_explain_at_those_pairs_only(model, i
     assert np.isnan(chosen.maps[~explained]).all() and np.isfinite(chosen.maps[explained]).all()
     with pytest.raises(ValueError, match="at least one"):
         explainer.explain_pairs(model, images, [])
+
+
+@pytest.mark.parametrize("name, passes", [("gradcam", 1), ("hirescam", 1), ("gradcam++", 3)])
+def test_grad_cam_explains_rows_of_different_pathologies_in_one_pass(model, images, name, passes):
+    """Three rows, three pathologies: the fast path runs one forward for them all (explain_pairs' probabilities add
+    one more), the library one per pathology."""
+    forwards = []
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        explainers.create(name, batch_size=8).explain_pairs(
+            model, images, [(0, "Edema"), (1, "Cardiomegaly"), (2, "Pneumothorax")]
+        )
+    finally:
+        handle.remove()
+    assert len(forwards) == passes + 1
 
 
 def test_signed_flag_survives_a_round_trip(model, images, tmp_path):

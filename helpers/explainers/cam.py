@@ -9,7 +9,8 @@ blank maps for rows without one.
 
 Grad-CAM and HiResCAM have a fast path: one forward pass in which the layer's output becomes a leaf of the
 graph, then the gradients of all pathology logits with respect to it in one batched backward through the
-layers after it. Other methods go through pytorch-grad-cam with one batch row per image and pathology.
+layers after it (rows that each explain their own pathology, as in ``explain_pairs``: one plain backward).
+Other methods go through pytorch-grad-cam with one batch row per image and pathology.
 Maps are returned raw (ReLU'd, bilinearly upsampled, not normalised); :func:`helpers.heatmaps.normalise`
 scales them at use.
 """
@@ -20,22 +21,23 @@ import functools
 from collections.abc import Sequence
 
 import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from helpers.explainers.base import Explainer, register
 from helpers.heatmaps import HeatmapSet
 from helpers.models import ExplicitHeadModel
 
+#: Method name -> pytorch-grad-cam's class name. The library is imported on first use (:func:`library_class`):
+#: with OpenCV, scikit-learn and SciPy it takes about 2 s, which a kernel that only runs LRP or the fast path
+#: (Grad-CAM, HiResCAM) does not need.
 METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "scorecam": ScoreCAM,
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "scorecam": "ScoreCAM",
 }
 #: Methods with the one-forward-pass path (for an average-pooling head they are the same map).
 FAST_METHODS = ("gradcam", "hirescam")
@@ -88,6 +90,11 @@ class CAM(Explainer):
             return fast_cam(model, layer, images, classes)
         return library_cam(model, layer, images, classes, self.params["method"])
 
+    def attribute_rows(self, model, images, classes):
+        if not self.params["fast_path"]:
+            return super().attribute_rows(model, images, classes)  # the library: one pass per class
+        return fast_cam_rows(model, cam_layer(model, self.params["layer"]), images, classes)
+
 
 for _method in METHODS:
     register(_method, functools.partial(CAM, method=_method, allow_slow=_method in SLOW_METHODS))
@@ -133,6 +140,31 @@ def fast_cam(model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: 
     requires grad, so the graph covers only the layers after it; each class's gradient then comes from
     ``torch.autograd.grad(..., is_grads_batched=True)``.
     """
+    logits, activation = _forward_from_leaf(model, layer, images)
+    class_logits = logits[:, list(classes)]  # (n, k)
+    selector = torch.eye(len(classes), dtype=class_logits.dtype, device=class_logits.device)
+    selector = selector.unsqueeze(1).expand(-1, len(images), -1).contiguous()  # (k, n, k)
+    (grads,) = torch.autograd.grad(class_logits, activation, grad_outputs=selector, is_grads_batched=True)
+    cams = _weighted_activation(grads, activation.detach().unsqueeze(0))  # (k, n, h, w)
+    return _upsample(cams.transpose(0, 1), images.shape[-2:])
+
+
+def fast_cam_rows(model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Grad-CAM maps ``(n, H, W)``: row ``r`` for class ``classes[r]``, from one forward and one backward pass.
+
+    The rows' logits are summed before the backward: in eval mode no row's logit depends on another row, so each
+    row's gradient is its own logit's (the per-class loop of :meth:`Explainer.attribute_rows` would run one pass
+    per distinct class).
+    """
+    logits, activation = _forward_from_leaf(model, layer, images)
+    rows = torch.arange(len(images), device=logits.device)
+    (grads,) = torch.autograd.grad(logits[rows, torch.as_tensor(classes, device=logits.device)].sum(), activation)
+    cams = _weighted_activation(grads, activation.detach())  # (n, h, w)
+    return _upsample(cams.unsqueeze(1), images.shape[-2:])[:, 0]
+
+
+def _forward_from_leaf(model: nn.Module, layer: nn.Module, images: torch.Tensor):
+    """The logits, and ``layer``'s output made a leaf that requires grad (the hook removed, also on errors)."""
     captured = {}
 
     def make_leaf(module, inputs, output):
@@ -142,16 +174,16 @@ def fast_cam(model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: 
     handle = layer.register_forward_hook(make_leaf)
     try:
         with torch.enable_grad():
-            class_logits = model(images)[:, list(classes)]  # (n, k)
+            logits = model(images)
     finally:
         handle.remove()
-    activation = captured["a"]
-    selector = torch.eye(len(classes), dtype=class_logits.dtype, device=class_logits.device)
-    selector = selector.unsqueeze(1).expand(-1, len(images), -1).contiguous()  # (k, n, k)
-    (grads,) = torch.autograd.grad(class_logits, activation, grad_outputs=selector, is_grads_batched=True)
-    weights = grads.mean(dim=(-2, -1), keepdim=True)  # (k, n, C, 1, 1)
-    cams = torch.relu((weights * activation.detach().unsqueeze(0)).sum(dim=2))  # (k, n, h, w)
-    return _upsample(cams.transpose(0, 1), images.shape[-2:])
+    return logits, captured["a"]
+
+
+def _weighted_activation(grads: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM: the channels weighted by their spatially averaged gradient, summed, ReLU'd (``(..., h, w)``)."""
+    weights = grads.mean(dim=(-2, -1), keepdim=True)
+    return torch.relu((weights * activation).sum(dim=-3))
 
 
 def library_cam(
@@ -166,7 +198,9 @@ def library_cam(
     per image.
     """
     n, k = len(images), len(classes)
-    cam = METHODS[method](model=model, target_layers=[layer])
+    cam = library_class(method)(model=model, target_layers=[layer])
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # with the library: on first use
+
     per_row = 1 if method in CLASS_AGNOSTIC else k
     rows = images.repeat_interleave(per_row, dim=0).requires_grad_(True)  # parameters are frozen: grads flow here
     row_classes = classes[:1] if method in CLASS_AGNOSTIC else classes
@@ -184,6 +218,13 @@ def library_cam(
     maps = torch.as_tensor(raw, device=images.device).clamp(min=0).float().view(n, per_row, *raw.shape[-2:])
     maps = maps.expand(n, k, *raw.shape[-2:])
     return _upsample(maps, images.shape[-2:])
+
+
+def library_class(method: str) -> type:
+    """pytorch-grad-cam's class for ``method`` (a key of :data:`METHODS`), imported on first use."""
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, METHODS[method])
 
 
 def _upsample(maps: torch.Tensor, size) -> torch.Tensor:
