@@ -139,10 +139,12 @@ def sanity_checks(
     used = [run.explainer(name) for name in methods]
     # the compared maps only; the trained model's once, for both randomisation modes and the data randomisation
     trained = [explainer.explain_pairs(model, inputs, pairs, image_ids=ids) for explainer in used]
-    compared = [{} for _ in used]
+    compared, first_stage = [{} for _ in used], None
     for mode in metrics.RANDOMISATION_MODES:  # each randomised model made once, for every method
-        for maps, stages in zip(compared, metrics.randomised_maps(model, inputs, used, pairs, ids, mode=mode)):
+        explained = metrics.randomised_maps(model, inputs, used, pairs, ids, mode=mode, first_stage=first_stage)
+        for maps, stages in zip(compared, explained):
             maps.update(stages)
+        first_stage = [next(iter(stages.values())) for stages in explained]  # the same model in both modes
     for explainer, maps in zip(used, compared):
         maps[metrics.SHUFFLED_LABELS] = explainer.explain_pairs(shuffled, inputs, pairs, image_ids=ids)
     return metrics.similarity_table(list(zip(trained, compared)), pairs, n_jobs=n_jobs)

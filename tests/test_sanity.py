@@ -296,3 +296,21 @@ def test_randomised_models_made_once_for_several_explainers_give_each_its_own_ma
             for key in joint:
                 np.testing.assert_array_equal(joint[key].maps, single[key].maps)
         assert not np.array_equal(together[0][f"{mode}:top"].maps, together[1][f"{mode}:top"].maps, equal_nan=True)
+
+
+def test_the_first_stage_is_one_model_in_both_modes_and_is_explained_once_when_passed_on():
+    model, images = ThreeConvs().eval(), torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    pairs = [(0, "Edema"), (1, "Fracture")]
+    (cascading,) = sanity.randomised_maps(model, images, [LastLayerSpy()], pairs, mode="cascading", stages=THREE_STAGES)
+    spy = LastLayerSpy()
+    (independent,) = sanity.randomised_maps(model, images, [spy], pairs, mode="independent", stages=THREE_STAGES)
+    np.testing.assert_array_equal(cascading["cascading:top"].maps, independent["independent:top"].maps)
+    passed_on, first = LastLayerSpy(), [cascading["cascading:top"]]
+    (reused,) = sanity.randomised_maps(
+        model, images, [passed_on], pairs, mode="independent", stages=THREE_STAGES, first_stage=first
+    )
+    assert list(reused) == list(independent) and reused["independent:top"] is cascading["cascading:top"]
+    for key in ("independent:middle", "independent:bottom"):
+        np.testing.assert_array_equal(reused[key].maps, independent[key].maps)
+    # two models explained instead of three (the spy sees each model once per distinct pathology of the pairs)
+    assert (len(spy.seen), len(passed_on.seen)) == (3 * 2, 2 * 2)

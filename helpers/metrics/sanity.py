@@ -118,19 +118,26 @@ def randomised_maps(
     *,
     mode: str = "cascading",
     stages: Sequence[tuple[str, Sequence[str]]] | None = None,
+    first_stage: Sequence[HeatmapSet] | None = None,
 ) -> list[dict[str, HeatmapSet]]:
     """Per explainer, the maps of ``pairs`` (:meth:`~helpers.explainers.Explainer.explain_pairs`) of
     :func:`model_randomisation`'s randomised models, keyed ``f"{mode}:{stage}"`` in stage order.
 
     Each randomised model is made once and explained by every explainer (one copy and re-initialisation per
-    stage, whatever the number of explainers). Other parameters as in :func:`model_randomisation`.
+    stage, whatever the number of explainers). ``first_stage``, per explainer, are the first stage's maps when the
+    caller has them from the other mode: in both modes the first stage is the same model (the trained one with
+    only that stage re-initialised, under ``seed``), so it is not explained again. Other parameters as in
+    :func:`model_randomisation`.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     maps: list[dict[str, HeatmapSet]] = [{} for _ in explainers]
-    for stage, randomised in _randomised_models(model, _checked_stages(model, stages), mode, seed):
-        for explainer, explained in zip(explainers, maps):
-            explained[f"{mode}:{stage}"] = explainer.explain_pairs(randomised, inputs, pairs, image_ids=image_ids)
+    for s, (stage, randomised) in enumerate(_randomised_models(model, _checked_stages(model, stages), mode, seed)):
+        for k, (explainer, explained) in enumerate(zip(explainers, maps)):
+            if s == 0 and first_stage is not None:
+                explained[f"{mode}:{stage}"] = first_stage[k]
+            else:
+                explained[f"{mode}:{stage}"] = explainer.explain_pairs(randomised, inputs, pairs, image_ids=image_ids)
     return maps
 
 
