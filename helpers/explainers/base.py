@@ -60,7 +60,7 @@ class Explainer:
         """Maps ``(n, H, W)``: row ``r``'s map for class ``classes[r]`` (on the model's device).
 
         Here :meth:`attribute` once per distinct class, on that class's rows; methods whose maps come from one
-        backward pass (LRP, the gradient family) override it with one pass over all rows.
+        backward pass (LRP, the gradient family, Grad-CAM's fast path) override it with one pass over all rows.
         """
         maps: list = [None] * len(images)
         for c in dict.fromkeys(classes):
