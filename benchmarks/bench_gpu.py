@@ -418,21 +418,21 @@ def cell_breakdown(executed: Path, whole: float) -> str:
     """Where an executed notebook's time went, from papermill's per-cell durations: the kernel (start, shutdown,
     papermill's own work: the whole minus the cells), the first code cell after the parameters (imports, model,
     images), the cells that draw (:data:`DRAWING`), the other cells, and the longest cell."""
-    code = [c for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code"]
-    tags = [c.get("metadata", {}).get("tags", []) for c in code]
-    cells = [
-        ("".join(c["source"]), c["metadata"].get("papermill", {}).get("duration") or 0.0)
-        for c, tag in zip(code, tags)
-        if "parameters" not in tag and "injected-parameters" not in tag
-    ]
+    cells = []
+    for cell in json.loads(executed.read_text())["cells"]:
+        metadata = cell.get("metadata", {})
+        if cell["cell_type"] == "code" and not {"parameters", "injected-parameters"} & set(metadata.get("tags", [])):
+            cells.append(("".join(cell["source"]), metadata.get("papermill", {}).get("duration") or 0.0))
+    kernel = f"   kernel {whole - sum(seconds for _, seconds in cells):.1f} s"
+    if len(cells) < 2:
+        return f"{kernel}, {len(cells)} timed cells"
     (_, first), rest = cells[0], cells[1:]
     drawing = [seconds for source, seconds in rest if any(mark in source for mark in DRAWING)]
     longest_source, longest = max(rest, key=lambda cell: cell[1])
     return (
-        f"   kernel {whole - sum(seconds for _, seconds in cells):.1f} s, first cell {first:.1f} s, "
-        f"{len(drawing)} drawing cells {sum(drawing):.1f} s, {len(rest) - len(drawing)} other cells "
-        f"{sum(seconds for _, seconds in rest) - sum(drawing):.1f} s; longest {longest:.1f} s: "
-        f"{longest_source.strip().splitlines()[0][:60]}"
+        f"{kernel}, first cell {first:.1f} s, {len(drawing)} drawing cells {sum(drawing):.1f} s, "
+        f"{len(rest) - len(drawing)} other cells {sum(seconds for _, seconds in rest) - sum(drawing):.1f} s; "
+        f"longest {longest:.1f} s: {(longest_source.strip().splitlines() or [''])[0][:60]}"
     )
 
 

@@ -8,6 +8,7 @@ from helpers.explainers.cam import (
     cam_layer,
     explain_cam,
     fast_cam,
+    fast_cam_rows,
     library_cam,
     library_class,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "cam_layer",
     "explain_cam",
     "fast_cam",
+    "fast_cam_rows",
     "library_cam",
     "library_class",
 ]

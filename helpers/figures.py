@@ -103,7 +103,8 @@ def show_saved(fig: plt.Figure, png: str | Path) -> bool:
     """In a Jupyter kernel with the inline backend, show the saved ``png`` in place of ``fig`` and close ``fig``.
 
     The notebook then shows the exported file itself, at the size the inline backend would (the figure's dpi),
-    and the figure is not drawn again for the display (0.3-0.4 s a figure on the 2-core CI machine). Elsewhere
+    and the figure is not drawn again for the display (0.3-0.4 s a figure on the 2-core CI machine). Each figure
+    appears when it is saved, not at the end of its cell; a figure pyplot does not manage is shown too. Elsewhere
     (a script, another backend) nothing happens. Returns whether the file was shown.
     """
     if "inline" not in matplotlib.get_backend() or not _in_kernel():

@@ -144,7 +144,8 @@ def sanity_checks(
         explained = metrics.randomised_maps(model, inputs, used, pairs, ids, mode=mode, first_stage=first_stage)
         for maps, stages in zip(compared, explained):
             maps.update(stages)
-        first_stage = [next(iter(stages.values())) for stages in explained]  # the same model in both modes
+        if first_stage is None:  # the first mode's first stage: the same model in the other mode
+            first_stage = [next(iter(stages.values())) for stages in explained]
     for explainer, maps in zip(used, compared):
         maps[metrics.SHUFFLED_LABELS] = explainer.explain_pairs(shuffled, inputs, pairs, image_ids=ids)
     return metrics.similarity_table(list(zip(trained, compared)), pairs, n_jobs=n_jobs)

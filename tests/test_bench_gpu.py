@@ -167,6 +167,8 @@ def test_the_cell_breakdown_splits_an_executed_notebook_into_kernel_first_cell_d
         "   kernel 2.0 s, first cell 6.0 s, 2 drawing cells 2.5 s, 2 other cells 21.0 s; "
         "longest 20.0 s: maps = run.explain('gradcam')"
     )
+    executed.write_text(json.dumps({"cells": cells[:4]}))  # a notebook that stopped after its first cell
+    assert bench.cell_breakdown(executed, whole=8.03) == "   kernel 2.0 s, 1 timed cells"
 
 
 def test_the_feed_benchmark_trains_epochs_from_a_memory_mapped_uint8_array(import_script, tmp_path):

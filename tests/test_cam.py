@@ -110,6 +110,7 @@ def test_every_method_names_a_class_of_the_library():
     assert all(issubclass(cam.library_class(method), BaseCAM) for method in cam.METHODS)
 
 
+@pytest.mark.slow  # a new Python process imports torch
 def test_the_library_is_imported_only_for_a_method_without_the_fast_path():
     """LRP and the fast path (Grad-CAM, HiResCAM) run without pytorch-grad-cam, whose import with OpenCV and
     scikit-learn takes seconds of every notebook kernel that would not use it."""
@@ -126,3 +127,15 @@ def test_the_library_is_imported_only_for_a_method_without_the_fast_path():
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.split() == ["False", "True"]
+
+
+def test_hirescam_below_the_head_is_the_librarys_and_not_grad_cam(model, images):
+    """Only after the average-pooling head are HiResCAM and Grad-CAM the same map; at a deeper layer the fast path
+    (Grad-CAM's) would be wrong for HiResCAM."""
+    edema = labels.PATHOLOGIES.index("Edema")
+    ours = heatmaps.normalise(cam.CAM(method="hirescam", layer="2x").explain(model, images, ["Edema"]).maps)[:, 0]
+    grad_cam = heatmaps.normalise(cam.CAM(method="gradcam", layer="2x").explain(model, images, ["Edema"]).maps)[:, 0]
+    with HiResCAM(model=model, target_layers=[cam.cam_layer(model, "2x")]) as reference:
+        expected = reference(images, targets=[ClassifierOutputTarget(edema)] * len(images))
+    assert np.abs(ours - expected).max() <= 1e-4
+    assert np.abs(ours - grad_cam).max() > 0.05

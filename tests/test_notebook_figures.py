@@ -2,6 +2,7 @@
 
 import base64
 import io
+from unittest import mock
 
 import matplotlib.pyplot as plt
 import nbformat
@@ -56,6 +57,9 @@ def test_outside_a_kernel_a_saved_figure_is_left_alone(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1])
     png = figures.save_figure(fig, 1, "line", tmp_path)[1]
-    assert not figures.show_saved(fig, png)
+    assert not figures.show_saved(fig, png)  # the Agg backend
+    inline = "module://matplotlib_inline.backend_inline"
+    with mock.patch.object(figures.matplotlib, "get_backend", return_value=inline):
+        assert not figures.show_saved(fig, png)  # the inline backend, but no kernel: IPython has no shell here
     assert fig.number in plt.get_fignums()
     plt.close(fig)

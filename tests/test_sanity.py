@@ -268,10 +268,11 @@ def test_one_similarity_table_of_several_comparisons_equals_the_separate_checks(
     separate = [
         sanity.model_randomisation(model, images, explainer, pairs, mode=mode, trained=trained) for mode in sanity.MODES
     ] + [sanity.data_randomisation(trained, other, pairs)]
-    compared = {}
-    for mode in sanity.MODES:
-        (stages,) = sanity.randomised_maps(model, images, [explainer], pairs, mode=mode)
+    compared, first_stage = {}, None
+    for mode in sanity.MODES:  # as study.sanity_checks: the first stage explained once, for both modes
+        (stages,) = sanity.randomised_maps(model, images, [explainer], pairs, mode=mode, first_stage=first_stage)
         compared.update(stages)
+        first_stage = first_stage or [next(iter(stages.values()))]
     compared[sanity.SHUFFLED_LABELS] = other
     together = sanity.similarity_table([(trained, compared), (other, {"self": other})], pairs, n_jobs=2)
     expected = pd.concat(separate, ignore_index=True)
@@ -314,3 +315,5 @@ def test_the_first_stage_is_one_model_in_both_modes_and_is_explained_once_when_p
         np.testing.assert_array_equal(reused[key].maps, independent[key].maps)
     # two models explained instead of three (the spy sees each model once per distinct pathology of the pairs)
     assert (len(spy.seen), len(passed_on.seen)) == (3 * 2, 2 * 2)
+    with pytest.raises(ValueError, match="2 sets of maps for 1 explainers"):
+        sanity.randomised_maps(model, images, [spy], pairs, stages=THREE_STAGES, first_stage=first * 2)

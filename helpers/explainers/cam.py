@@ -27,9 +27,8 @@ from helpers.explainers.base import Explainer, register
 from helpers.heatmaps import HeatmapSet
 from helpers.models import ExplicitHeadModel
 
-#: Method name -> pytorch-grad-cam's class name. The library is imported on first use (:func:`library_class`):
-#: with OpenCV, scikit-learn and SciPy it takes about 2 s, which a kernel that only runs LRP or the fast path
-#: (Grad-CAM, HiResCAM) does not need.
+#: Method name -> pytorch-grad-cam's class name. The library (and OpenCV with it) is imported on first use
+#: (:func:`library_class`): a kernel that runs only LRP or the fast path (Grad-CAM, HiResCAM) never imports it.
 METHODS = {
     "gradcam": "GradCAM",
     "gradcam++": "GradCAMPlusPlus",
@@ -39,7 +38,8 @@ METHODS = {
     "eigencam": "EigenCAM",
     "scorecam": "ScoreCAM",
 }
-#: Methods with the one-forward-pass path (for an average-pooling head they are the same map).
+#: Methods with the one-forward-pass path: Grad-CAM at any layer, HiResCAM at the head only (after an average-pooling
+#: head the gradient is the same at every position, so the two maps are the same; at a deeper layer they differ).
 FAST_METHODS = ("gradcam", "hirescam")
 #: Methods whose map ignores the target class (the first principal component of the activations). ScoreCAM also
 #: reads no gradient, but weighs channels by the class's score.
@@ -79,7 +79,7 @@ class CAM(Explainer):
             batch_size,
             method=method,
             layer=layer,
-            fast_path=method in FAST_METHODS,
+            fast_path=method == "gradcam" or (method in FAST_METHODS and layer == HEAD),
             upsampling="bilinear",
             explained="logit",
         )
@@ -158,7 +158,8 @@ def fast_cam_rows(model: nn.Module, layer: nn.Module, images: torch.Tensor, clas
     """
     logits, activation = _forward_from_leaf(model, layer, images)
     rows = torch.arange(len(images), device=logits.device)
-    (grads,) = torch.autograd.grad(logits[rows, torch.as_tensor(classes, device=logits.device)].sum(), activation)
+    columns = torch.as_tensor(classes, dtype=torch.long, device=logits.device)
+    (grads,) = torch.autograd.grad(logits[rows, columns].sum(), activation)
     cams = _weighted_activation(grads, activation.detach())  # (n, h, w)
     return _upsample(cams.unsqueeze(1), images.shape[-2:])[:, 0]
 
@@ -197,10 +198,10 @@ def library_cam(
     class-agnostic method (:data:`CLASS_AGNOSTIC`: EigenCAM) gives every class the same map: it is computed once
     per image.
     """
-    n, k = len(images), len(classes)
-    cam = library_class(method)(model=model, target_layers=[layer])
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # with the library: on first use
 
+    n, k = len(images), len(classes)
+    cam = library_class(method)(model=model, target_layers=[layer])
     per_row = 1 if method in CLASS_AGNOSTIC else k
     rows = images.repeat_interleave(per_row, dim=0).requires_grad_(True)  # parameters are frozen: grads flow here
     row_classes = classes[:1] if method in CLASS_AGNOSTIC else classes

@@ -131,6 +131,8 @@ def randomised_maps(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    if first_stage is not None and len(first_stage) != len(explainers):
+        raise ValueError(f"first_stage holds {len(first_stage)} sets of maps for {len(explainers)} explainers.")
     maps: list[dict[str, HeatmapSet]] = [{} for _ in explainers]
     for s, (stage, randomised) in enumerate(_randomised_models(model, _checked_stages(model, stages), mode, seed)):
         for k, (explainer, explained) in enumerate(zip(explainers, maps)):
