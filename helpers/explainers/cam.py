@@ -7,10 +7,11 @@ activation on CPU. Deeper layers (:meth:`helpers.models.ExplicitHeadModel.cam_la
 explained (``ClassifierOutputTarget``), always one target per batch row: pytorch-grad-cam silently returns
 blank maps for rows without one.
 
-Grad-CAM and HiResCAM have a fast path: one forward pass in which the layer's output becomes a leaf of the
-graph, then the gradients of all pathology logits with respect to it in one batched backward through the
-layers after it (rows that each explain their own pathology, as in ``explain_pairs``: one plain backward).
-Other methods go through pytorch-grad-cam with one batch row per image and pathology.
+Grad-CAM (and HiResCAM at the head, where the two are the same map) has a fast path: one forward pass in which
+the layer's output becomes a leaf of the graph, then the gradients of all pathology logits with respect to it in
+one batched backward through the layers after it (rows that each explain their own pathology, as in
+``explain_pairs``: one plain backward). Other methods go through pytorch-grad-cam with one batch row per image and
+pathology.
 Maps are returned raw (ReLU'd, bilinearly upsampled, not normalised); :func:`helpers.heatmaps.normalise`
 scales them at use.
 """
