@@ -270,7 +270,9 @@ def load_profile(name: str | None = None, **overrides) -> Profile:
     """The named profile, else ``$CHEXPLAIN_PROFILE``, else ``default``; ``overrides`` replace settings.
 
     An override may name a :class:`Profile` field (``image_size=32``, or ``train=TrainSettings(...)``) or a
-    :class:`TrainSettings` field (``max_epochs=2``), which lands in ``profile.train``.
+    :class:`TrainSettings` field (``max_epochs=2``), which lands in ``profile.train``. Both have a ``seed``:
+    ``seed`` is the profile's (data, split, explained images; training too unless it has its own), ``train_seed``
+    training's alone (as :func:`resume_fields` names it).
 
     Raises
     ------
@@ -282,14 +284,15 @@ def load_profile(name: str | None = None, **overrides) -> Profile:
         raise ValueError(
             f"Unknown profile {name!r} (from the argument or ${PROFILE_ENV}); choose one of {sorted(PROFILES)}."
         )
-    unknown = set(overrides) - _PROFILE_FIELDS - _TRAIN_FIELDS
+    train_fields = (_TRAIN_FIELDS - _PROFILE_FIELDS) | {"train_seed"}
+    unknown = set(overrides) - _PROFILE_FIELDS - train_fields
     if unknown:
         raise ValueError(
             f"Unknown profile setting(s) {sorted(unknown)}; settings are "
-            f"{sorted(_PROFILE_FIELDS - {'train'})} and, for training, {sorted(_TRAIN_FIELDS)}."
+            f"{sorted(_PROFILE_FIELDS - {'train'})} and, for training, {sorted(train_fields)}."
         )
     profile = replace(PROFILES[name], **{k: v for k, v in overrides.items() if k in _PROFILE_FIELDS})
-    train = {k: v for k, v in overrides.items() if k in _TRAIN_FIELDS}
+    train = {("seed" if k == "train_seed" else k): v for k, v in overrides.items() if k in train_fields}
     return replace(profile, train=replace(profile.train, **train)) if train else profile
 
 

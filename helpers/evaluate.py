@@ -40,11 +40,17 @@ def predict(model: nn.Module, dataset, batch_size: int = 64, device: torch.devic
     sends uint8 pixels, normalised there (:func:`helpers.data.batch_inputs`). Probabilities come back on the CPU.
     """
     device = device or next(model.parameters()).device
-    model.eval()
     raw = dataset.as_raw() if hasattr(dataset, "as_raw") else dataset
     normalisation = (getattr(dataset, "mean", None), getattr(dataset, "std", None))
     loader = DataLoader(raw, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
-    outputs = [to_numpy(torch.sigmoid(model(batch_inputs(batch, device, *normalisation))).float()) for batch in loader]
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = [
+            to_numpy(torch.sigmoid(model(batch_inputs(batch, device, *normalisation))).float()) for batch in loader
+        ]
+    finally:
+        model.train(was_training)  # the caller's mode (training validates mid-run)
     return np.concatenate(outputs) if outputs else np.zeros((0, len(labels.PATHOLOGIES)), np.float32)
 
 
@@ -84,8 +90,10 @@ def evaluate(
     bootstrap resamples ``patients`` (one id per row: a patient's images are drawn together, since they are not
     independent), or images where none are given; the same resample for every pathology, so macro means get CIs too.
     Macro rows: ``macro (14)`` over every pathology with both classes present and ``macro (competition)``
-    over the five CheXpert competition pathologies. A pathology without positives (or negatives) is
-    reported with a NaN value and a note, never an error.
+    over the five CheXpert competition pathologies (those of them with both). A macro's CI comes from the
+    resamples that hold both classes of every pathology it averages, as a pathology's own CI from the resamples
+    that hold both of its. A pathology without positives (or negatives) is reported with a NaN value and a note,
+    never an error.
     """
     mask = np.ones_like(targets) if mask is None else mask
     point = _metric_matrix(probs, targets, mask)
@@ -99,8 +107,10 @@ def evaluate(
             rows.append(_row(name, metric, point[m, j], None if boots is None else boots[:, m, j], n_pos, n_neg, note))
         for macro, members in (("macro (14)", pathologies), ("macro (competition)", labels.COMPETITION)):
             index = [list(pathologies).index(p) for p in members if p in pathologies]
-            value = np.nanmean(point[m, index]) if np.isfinite(point[m, index]).any() else np.nan
-            spread = None if boots is None else _nanmean_rows(boots[:, m, index])
+            defined = [j for j in index if np.isfinite(point[m, j])]  # the classes the value averages
+            value = point[m, defined].mean() if defined else np.nan
+            # each resample averages the same classes (NaN where it lacks one): the CI is the value's
+            spread = None if boots is None or not defined else boots[:, m, defined].mean(axis=1)
             rows.append(_row(macro, metric, value, spread, None, None, ""))
     return pd.DataFrame(rows)
 
@@ -180,13 +190,6 @@ def _weighted_auroc_ap(scores: np.ndarray, positive: np.ndarray, weights: np.nda
     return np.where(defined[:, None], np.stack([auroc, ap], axis=1), np.nan)
 
 
-def _nanmean_rows(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    counts = finite.sum(axis=1)
-    sums = np.where(finite, values, 0).sum(axis=1)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
 def _row(name, metric, value, boots, n_pos, n_neg, note) -> dict:
     low = high = np.nan
     if boots is not None and np.isfinite(value) and np.isfinite(boots).sum() >= 10:
@@ -228,7 +231,7 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
             "AUROC": list(REFERENCE_AUROC.values()),
             "95% CI": "",
             "AP": np.nan,
-            "positives": None,
+            "positives": np.nan,  # float, as ours (NaN on the macro rows): an all-NA object column warns in concat
             "note": "",
             "data": "other data (published)",
         },

@@ -44,7 +44,8 @@ def counterfactual_evidence(
         removal.
     scores : DataFrame
         :func:`helpers.metrics.region_scores` of each method's map of the pair's pathology against the pair's
-        footprint (where removing the finding changes the radiograph): ``footprint_mass``, ``_max``, ``_rank``.
+        footprint (where removing the finding changes the radiograph): ``footprint_mass``, ``_excess``, ``_max``,
+        ``_rank``.
     """
     batch = run.explained()
     pairs = batch.pairs()
@@ -96,6 +97,11 @@ def class_leakage(
     """
     batch = run.explained()
     triples = leakage_targets(batch, n, seed=run.profile.seed)
+    if not triples:
+        raise ValueError(
+            f"No explained image has two positive findings to test class leakage on: explain more images "
+            f"(n_explain, {len(batch)} now) or leave class_leakage out."
+        )
     removals = [(i, b) for i, _, b in triples]
     counterfactual, footprints = run.counterfactual_renders(removals)
     truth = metrics.logit_changes(model, batch.inputs, counterfactual, removals, batch.image_ids)

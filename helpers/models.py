@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -26,8 +27,18 @@ ARCHITECTURES = ("densenet121", "densenet_compact", "resnet50")
 #: 16 dense layers, 145k parameters: 7 ms per 128-px training image on 2 CPU cores, 2.4x faster than the
 #: 32-layer (4, 8, 12, 8) version it replaced (681k), so that ``make run`` fits its 20 minutes.
 COMPACT_DENSENET = {"growth_rate": 12, "block_config": (2, 4, 6, 4), "num_init_features": 24, "bn_size": 4}
-#: Where torchvision's ImageNet DenseNet-121 weights come from and the file name torch.hub caches.
-IMAGENET_FILES = {"densenet121": "densenet121-a639ec97.pth", "resnet50": "resnet50-11ad3fa6.pth"}
+#: torchvision's ImageNet weights each architecture loads (torch.hub caches them under the URL's file name).
+IMAGENET_WEIGHTS = {
+    "densenet121": torchvision.models.DenseNet121_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+}
+#: The file name torch.hub caches each architecture's ImageNet weights under.
+IMAGENET_FILES = {arch: Path(weights.url).name for arch, weights in IMAGENET_WEIGHTS.items()}
+#: DenseNet files published before torchvision 0.3 name a dense layer's modules ``norm.1`` where the class has
+#: ``norm1`` (the ImageNet DenseNet-121 file still does, and has no ``num_batches_tracked``: BatchNorm fills it in).
+_OLD_DENSE_LAYER_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 class CheckpointError(RuntimeError):
@@ -167,12 +178,41 @@ def build_model(
     factory = getattr(torchvision.models, arch)
     base = factory(weights=None)
     if weights is not None:
-        base.load_state_dict(_imagenet_state_dict(arch, weights))
+        _load_imagenet_weights(base, arch, weights)
     if arch == "densenet121":
         base.classifier = nn.Linear(base.classifier.in_features, num_classes)
         return ExplicitHeadDenseNet(base)
     base.fc = nn.Linear(base.fc.in_features, num_classes)
     return ExplicitHeadResNet(base)
+
+
+def _load_imagenet_weights(base: nn.Module, arch: str, weights) -> None:
+    """Load ImageNet weights into torchvision's ``base``; a file that does not fit it is a clear error naming it."""
+    state = _renamed_dense_layer_keys(_imagenet_state_dict(arch, weights))
+    try:
+        found = base.load_state_dict(state, strict=False)
+    except RuntimeError:  # a tensor of another shape
+        problem = "tensors of other shapes"
+    else:
+        if not found.missing_keys and not found.unexpected_keys:
+            return
+        problem = ", ".join(
+            f"{len(keys)} {kind} keys (e.g. {keys[0]})"
+            for kind, keys in (("missing", found.missing_keys), ("unexpected", found.unexpected_keys))
+            if keys
+        )
+    source = weights if weights != "imagenet" else IMAGENET_FILES[arch]
+    raise ValueError(
+        f"The weights in {source} do not fit torchvision's {arch} ({problem}). Pass the ImageNet state_dict of "
+        f"{arch}: {IMAGENET_WEIGHTS[arch].url}."
+    )
+
+
+def _renamed_dense_layer_keys(state: dict) -> dict:
+    """``state`` with old-style dense-layer keys (``...denselayer1.norm.1.weight``) renamed as the class names them
+    (``...denselayer1.norm1.weight``); torchvision does the same in a private loader that a plain
+    ``load_state_dict`` skips. Other keys are unchanged."""
+    return {_OLD_DENSE_LAYER_KEY.sub(r"\1\2", key): value for key, value in state.items()}
 
 
 def _imagenet_state_dict(arch: str, weights) -> dict:
@@ -182,15 +222,12 @@ def _imagenet_state_dict(arch: str, weights) -> dict:
             raise FileNotFoundError(f"Weights file not found: {path}.")
         return torch.load(path, map_location="cpu", weights_only=True)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[arch]
-    enum = {"densenet121": torchvision.models.DenseNet121_Weights, "resnet50": torchvision.models.ResNet50_Weights}[
-        arch
-    ]
     try:
-        return enum.IMAGENET1K_V1.get_state_dict(progress=False)
+        return IMAGENET_WEIGHTS[arch].get_state_dict(progress=False)
     except (OSError, RuntimeError) as error:  # URLError is an OSError: offline
         raise RuntimeError(
             f"Could not load ImageNet weights for {arch} ({error}). This machine seems offline. Download "
-            f"{enum.IMAGENET1K_V1.url} elsewhere and either put it at {cached} or pass its path: "
+            f"{IMAGENET_WEIGHTS[arch].url} elsewhere and either put it at {cached} or pass its path: "
             f"build_model({arch!r}, weights='/path/to/{IMAGENET_FILES[arch]}')."
         ) from error
 

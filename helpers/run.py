@@ -412,7 +412,9 @@ class Run:
         a batch size chosen for the device's free memory (unless ``batch_size`` is given)."""
         explainer = explainers.create(name, **overrides)
         if "batch_size" not in overrides:
-            explainer.batch_size = explainers.batch_size_for(self.device, self.profile.image_size, explainer.batch_size)
+            explainer.batch_size = explainers.batch_size_for(
+                self.device, self.profile.image_size, explainer.batch_size, scale=explainer.memory_scale
+            )
         meta = self.model()[1]
         explainer.normalisation = (tuple(meta["mean"]), tuple(meta["std"]))  # the model's, not ImageNet's default
         if isinstance(explainer, explainers.PriorMap) and explainer.prior is None:

@@ -210,7 +210,7 @@ def fit(
     for epoch in range(state["epoch"] + 1, settings.max_epochs + 1):
         if state["stale"] >= settings.patience:
             break
-        started = time.perf_counter()
+        started, learning_rate = time.perf_counter(), optimizer.param_groups[0]["lr"]  # the rate this epoch uses
         loader.sampler.set_epoch(epoch)
         loss = _train_epoch(network, loader, optimizer, scaler, epoch, feed, progress, out_dir, settings.max_epochs)
         train_seconds = time.perf_counter() - started
@@ -223,7 +223,7 @@ def fit(
                 "epoch": epoch,
                 "train_loss": loss,
                 "val_mean_auroc": float(val_auroc),
-                "learning_rate": optimizer.param_groups[0]["lr"],
+                "learning_rate": learning_rate,
                 "seconds": time.perf_counter() - started,
                 "train_seconds": train_seconds,
             }

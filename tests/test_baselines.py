@@ -38,6 +38,18 @@ def test_random_map_is_seeded_per_image_not_per_batch(model, images):
     assert not np.array_equal(whole[0, 0], whole[0, 1])  # a fresh draw per pathology
 
 
+def test_random_map_of_a_pathology_does_not_depend_on_the_others_asked_for(model, images):
+    """A check that explains a few (image, pathology) pairs (the sanity checks) sees the maps ``explain`` made."""
+    explainer = explainers.create("random")
+    every = explainer.explain(model, images)
+    two = explainer.explain(model, images, ["Fracture", "Edema"])
+    pairs = explainer.explain_pairs(model, images, [(0, "Edema"), (0, "Fracture"), (2, "Edema")])
+    for i, pathology in [(0, "Edema"), (0, "Fracture"), (2, "Edema")]:
+        expected = every.maps[i, labels.PATHOLOGIES.index(pathology)]
+        assert np.array_equal(two.maps[i, two.pathologies.index(pathology)], expected)
+        assert np.array_equal(pairs.maps[i, pairs.pathologies.index(pathology)], expected)
+
+
 def test_edge_map_lies_on_the_image_edges(model):
     step = torch.zeros(1, 3, 64, 64)
     step[..., 32:] = 1.0  # a vertical edge between columns 31 and 32

@@ -124,6 +124,21 @@ def test_a_rebuild_that_dies_before_its_sidecars_never_serves_its_images_under_t
     assert np.array_equal(images, sequential(frame, small_phantom))
 
 
+def test_a_reused_cache_returns_the_rows_a_fresh_decode_returns(small_phantom, frame, tmp_path):
+    """The same path listed twice, and rows in another order: reuse must give the fresh decode's rows and images."""
+    twice = frame.iloc[[0, 1, 0, 2]].set_axis([7, 8, 9, 10])
+    target = tmp_path / "c.npy"
+    fresh = data.build_image_cache(twice, small_phantom, SIZE, target, workers=1)
+    reused = data.build_image_cache(twice, small_phantom, SIZE, target, workers=1)
+    for images, kept, _ in (fresh, reused):
+        assert kept["Path"].tolist() == twice["Path"].tolist() and kept.index.tolist() == [0, 1, 2, 3]
+        assert np.array_equal(images, sequential(twice, small_phantom))
+    reordered = frame.iloc[[2, 0, 1]]
+    images, kept, _ = data.build_image_cache(reordered, small_phantom, SIZE, target, workers=1)
+    assert kept["Path"].tolist() == reordered["Path"].tolist()
+    assert np.array_equal(images, sequential(reordered, small_phantom))
+
+
 def test_failure_in_this_process_leaves_no_temporary_file(small_phantom, frame, tmp_path, monkeypatch):
     calls = []
 

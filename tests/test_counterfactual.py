@@ -235,6 +235,8 @@ def test_cf_arguments_are_checked():
         counterfactual_perturbation_scores(SquareModel(), inputs, without[:1], maps, pairs)
     with pytest.raises(ValueError, match="steps >= 50"):
         counterfactual_perturbation_scores(SquareModel(), inputs, without, maps, pairs, steps=10, spacing="linear")
+    with pytest.raises(ValueError, match="'log' with steps >= 2"):  # one log step would stop at 0.1% replaced
+        counterfactual_perturbation_scores(SquareModel(), inputs, without, maps, pairs, steps=1, spacing="log")
 
 
 class MaskModel(nn.Module):

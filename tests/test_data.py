@@ -224,6 +224,40 @@ def test_load_prepared_names_notebook_01(tmp_path):
         data.load_prepared(tmp_path, 32)
 
 
+def test_load_prepared_at_another_size_names_the_missing_cache(small_phantom, tmp_path):
+    data.prepare(small_phantom, tmp_path / "cache", 32, seed=0)
+    with pytest.raises(FileNotFoundError, match=r"at 48 px .*train_48\.npy.* missing.*01_prepare_data"):
+        data.load_prepared(tmp_path / "cache", 48)
+
+
+def test_an_interrupted_preparation_is_not_read_beside_the_earlier_index(small_phantom, tmp_path, monkeypatch):
+    """Prepared with seed 0, then again with seed 1 until the test split fails: the train cache holds seed 1's
+    images, the index (were it kept) seed 0's rows; the labels must never be paired with the wrong images."""
+    data.prepare(small_phantom, tmp_path / "cache", 32, seed=0)
+    build = data.prepared.build_image_cache
+
+    def fail_on_the_test_split(rows, root, size, cache_file, on_bad):
+        if cache_file.name.startswith("test_"):
+            raise KeyboardInterrupt
+        return build(rows, root, size, cache_file, on_bad=on_bad)
+
+    monkeypatch.setattr(data.prepared, "build_image_cache", fail_on_the_test_split)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare(small_phantom, tmp_path / "cache", 32, seed=1)
+    with pytest.raises(FileNotFoundError, match=r"index\.csv missing.*01_prepare_data"):
+        data.load_prepared(tmp_path / "cache", 32)
+
+
+def test_an_index_out_of_step_with_a_cache_is_refused(small_phantom, tmp_path):
+    prepared = data.prepare(small_phantom, tmp_path / "cache", 32, seed=0)
+    train = prepared.index[prepared.index["split"] == "train"]
+    swapped = prepared.index.copy()
+    swapped.loc[train.index[:2], "Path"] = train["Path"].iloc[[1, 0]].to_numpy()  # two rows' images swapped
+    swapped.to_csv(tmp_path / "cache" / "index.csv", index=False)
+    with pytest.raises(ValueError, match=r"does not list the images of train_32\.npy.*01_prepare_data"):
+        data.load_prepared(tmp_path / "cache", 32)
+
+
 def test_missing_dataset_root(tmp_path):
     with pytest.raises(data.DatasetError, match="CHEXPERT_ROOT"):
         data.prepare(tmp_path / "absent", tmp_path / "cache", 32)

@@ -146,6 +146,25 @@ def test_rescale_slope_and_intercept_are_applied_before_the_window(tmp_path):
     assert (raw != rescaled).mean() > 0.5
 
 
+def test_a_negative_rescale_slope_keeps_the_window_a_ramp(tmp_path):
+    """Slope -1: stored 4095 is modality value -2048, the low end of the window, so it shows black."""
+    stored = gradient(4095)
+    window = {"WindowCenter": 0, "WindowWidth": 2000, "RescaleSlope": -1, "RescaleIntercept": 2047}
+    image = load_image(write_dicom(tmp_path / "negative.dcm", stored, bits_stored=12, **window), SIZE)
+    assert np.abs(image - linear_window(2047.0 - stored, 0, 2000)).max() <= 1
+    assert image.ravel()[0] == 255 and image.ravel()[-1] == 0 and len(np.unique(image)) > 100
+
+
+def test_a_blank_window_counts_as_no_window(tmp_path):
+    """Anonymisers often empty Window Center/Width rather than remove them; the image's own range is shown."""
+    stored = gradient(4095)
+    plain = load_image(write_dicom(tmp_path / "plain.dcm", stored, bits_stored=12), SIZE)
+    blank = load_image(
+        write_dicom(tmp_path / "blank.dcm", stored, bits_stored=12, WindowCenter=None, WindowWidth=None), SIZE
+    )
+    np.testing.assert_array_equal(blank, plain)
+
+
 def test_window_clips_outside_and_is_linear_inside(tmp_path):
     stored = gradient(4095)
     file = write_dicom(tmp_path / "window.dcm", stored, bits_stored=12, WindowCenter=2048, WindowWidth=1024)

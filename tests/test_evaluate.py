@@ -36,6 +36,25 @@ def test_evaluate_matches_scikit_learn_and_reports_missing():
     assert again.equals(table)
 
 
+def test_a_macro_ci_averages_the_same_pathologies_as_its_value():
+    """A rare pathology (1 positive in 100, AUROC 1) is absent from about a third of the resamples; averaging the
+    others alone there would drag the interval far below the value, which always includes it."""
+    rng = np.random.default_rng(0)
+    n, edema, effusion = 100, labels.PATHOLOGIES.index("Edema"), labels.PATHOLOGIES.index("Pleural Effusion")
+    targets, probs = np.zeros((n, 14)), rng.random((n, 14))
+    targets[0, edema], probs[:, edema] = 1, np.linspace(1, 0, n)  # the one positive ranks first: AUROC 1
+    targets[:, effusion] = rng.random(n) < 0.5
+    table = evaluate.evaluate(probs, targets, n_boot=400, seed=3)
+    auroc = table[table["metric"] == "AUROC"].set_index("pathology")
+    macro = auroc.loc["macro (14)"]
+    assert macro["value"] == pytest.approx((1 + auroc.loc["Pleural Effusion", "value"]) / 2)
+    boots = evaluate.bootstrap_metric_matrix(probs, targets, np.ones_like(targets), 400, seed=3)[:, 0]
+    both = boots[:, [edema, effusion]].mean(axis=1)
+    assert np.isnan(both).mean() > 0.2  # the rare one is missing from many resamples
+    assert [macro["ci_low"], macro["ci_high"]] == pytest.approx(np.nanpercentile(both, [2.5, 97.5]))
+    assert macro["ci_low"] > (1 + auroc.loc["Pleural Effusion", "ci_low"]) / 2 - 0.05
+
+
 def test_bootstrap_matrix_equals_scikit_learn_on_every_resample():
     rng = np.random.default_rng(4)
     n = 60
@@ -120,6 +139,16 @@ def test_predict_returns_cpu_numpy_probabilities():
     assert isinstance(probs, np.ndarray) and probs.shape == (10, 14)
     assert len(model.devices) == 3
     np.testing.assert_allclose(probs[:, 0], torch.sigmoid(torch.linspace(-2, 2, 10)).numpy(), rtol=1e-5)
+
+
+def test_predict_runs_in_eval_mode_and_leaves_the_callers_mode():
+    model, modes = _Recorder(), []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    for training in (True, False):
+        model.train(training)
+        evaluate.predict(model, _dataset(), batch_size=4)
+        assert model.training == training
+    assert modes == [False] * 6
 
 
 def test_predict_feeds_the_model_on_its_device(monkeypatch):

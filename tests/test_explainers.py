@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import explainers, heatmaps, labels, models
+from helpers import explainers, heatmaps, labels, lrp, models
 from helpers.explainers import base
 
 #: Methods with a code path of their own; library CAMs keep activations as CPU numpy inside pytorch-grad-cam.
@@ -240,6 +240,17 @@ def test_batch_size_on_cuda_is_what_half_the_free_memory_holds_within_1_and_most
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 50 * per_image)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 34 * per_image)
     assert explainers.batch_size_for(cuda, 224, default=4) == 10  # (4 + 50 - 34) / 2
+    assert explainers.batch_size_for(cuda, 224, default=4, scale=2.0) == 5  # an explainer twice as heavy
+
+
+def test_explainers_heavier_than_the_reference_say_so():
+    """The batch sizing's reference is LRP EpsilonPlusFlat; pytorch-grad-cam's per-class passes and LRP's other
+    composites need more per image (measured by benchmarks/bench_explainer_memory.py), Grad-CAM's fast path less."""
+    for name in ("gradcam++", "xgradcam", "layercam"):
+        assert explainers.create(name).memory_scale >= 1.5
+    for composite in lrp.COMPOSITES:
+        assert explainers.create(f"lrp_{composite}").memory_scale >= 1.4
+    assert explainers.create("gradcam").memory_scale == explainers.create("gradcam_4x").memory_scale == 1.0
 
 
 def test_batch_size_on_mps_is_what_half_its_recommended_memory_left_holds(monkeypatch):

@@ -259,6 +259,11 @@ def test_class_correlation_parts_on_hand_made_maps():
     assert class_correlation(_set(flipped, probs), 0, "positive") == pytest.approx(positive_r) and positive_r < 0
     assert np.isnan(class_correlation(_set(flipped, _probs([2])), 0, "abs"))  # fewer than two positive logits
     assert np.isnan(class_correlation(_set(flipped), 0, "abs"))  # no probabilities, no positive logits
+    diverged = same.copy()
+    diverged[0, 7, 0, 0] = -np.inf  # one finding's map diverged: its positive part alone would look fine
+    for part in PARTS:
+        assert class_correlation(_set(same, _probs([2, 5, 7])), 0, part) == pytest.approx(1.0)
+        assert np.isnan(class_correlation(_set(diverged, _probs([2, 5, 7])), 0, part))
     with pytest.raises(ValueError, match="part"):
         class_correlation(_set(flipped, probs), 0, "negative")
 

@@ -4,6 +4,7 @@ the model."""
 
 import dataclasses
 import json
+import types
 
 import numpy as np
 import pandas as pd
@@ -253,6 +254,15 @@ def test_leakage_targets_pick_two_findings_of_one_image():
         a != b and codes[i, labels.PATHOLOGIES.index(a)] == codes[i, labels.PATHOLOGIES.index(b)] == 1
         for i, a, b in triples
     )
+
+
+def test_class_leakage_without_an_image_of_two_findings_says_so():
+    codes = np.full((2, 14), np.nan)
+    codes[0, labels.PATHOLOGIES.index("Edema")] = 1
+    batch = ExplainedBatch([0, 1], ["a", "b"], ["a", "b"], None, None, codes, None)
+    run = types.SimpleNamespace(explained=lambda: batch, profile=types.SimpleNamespace(seed=0))
+    with pytest.raises(ValueError, match=r"No explained image has two positive findings.*2 now"):
+        known_truth.class_leakage(run, None, {}, ["gradcam"], 4)
 
 
 def test_twin_frame_draws_both_models_and_the_marker(marked_inputs):

@@ -93,6 +93,10 @@ def test_flat_overrides_reach_the_training_settings():
     assert (profile.train.max_epochs, profile.train.learning_rate) == (2, 0.5)
     assert (profile.image_size, profile.seed) == (32, 7)
     assert profile.train.batch_size == 16 and config.PROFILES["smoke"].train.max_epochs == 1  # nothing else moved
+    assert profile.train.seed is None and config.training_seed(profile) == 7  # training follows the profile's seed
+    seeded = config.load_profile("smoke-seed1", seed=5)
+    assert (seeded.seed, seeded.train.seed) == (5, 1)  # the profile's training seed is kept
+    assert config.load_profile("smoke", train_seed=3).train.seed == 3
     nested = config.load_profile("smoke", train=config.TrainSettings(arch="resnet50"))
     assert nested.train.arch == "resnet50"
     with pytest.raises(ValueError, match="max_epoch.*max_epochs"):

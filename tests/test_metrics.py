@@ -228,6 +228,7 @@ def test_rank_accuracy_shares_tied_places_evenly():
     top[:8], bottom[-8:] = True, True
     assert metrics.rank_accuracy(spike, top) == pytest.approx(metrics.rank_accuracy(spike, bottom))
     assert metrics.rank_accuracy(spike, top) == pytest.approx((255 * 256 / 1023) / 256)
+    assert metrics.rank_accuracy(spike, top.astype(np.uint8) * 255) == metrics.rank_accuracy(spike, top)  # a 0/255 mask
 
 
 def test_paired_differences_compare_the_same_maps_when_one_method_has_gaps():

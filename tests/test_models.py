@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torchvision
@@ -69,6 +71,37 @@ def test_weights_from_a_file(tmp_path):
     torch.save(source.state_dict(), file)
     model = models.build_model("densenet121", weights=file)
     assert torch.equal(model.features.conv0.weight, source.features.conv0.weight)
+
+
+def test_weights_with_the_published_files_key_names(tmp_path):
+    """torchvision's ImageNet DenseNet-121 file names a dense layer's modules ``norm.1``, not ``norm1``."""
+    source = torchvision.models.densenet121()
+    published = {
+        re.sub(r"(denselayer\d+\.(norm|relu|conv))([12])\.", r"\1.\3.", key): value
+        for key, value in source.state_dict().items()
+        if not key.endswith("num_batches_tracked")  # the published file predates them
+    }
+    assert "features.denseblock1.denselayer1.norm.1.weight" in published
+    torch.save(published, tmp_path / "densenet121-a639ec97.pth")
+    model = models.build_model("densenet121", weights=tmp_path / "densenet121-a639ec97.pth")
+    layer = model.features.denseblock4.denselayer16
+    assert torch.equal(layer.norm2.running_var, source.features.denseblock4.denselayer16.norm2.running_var)
+    assert torch.equal(layer.conv1.weight, source.features.denseblock4.denselayer16.conv1.weight)
+
+
+def test_weights_of_another_network_name_the_file(tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(ValueError, match=r"resnet18\.pth do not fit torchvision's resnet50 \(tensors of other shapes"):
+        models.build_model("resnet50", weights=tmp_path / "resnet18.pth")
+    state = torchvision.models.densenet121().state_dict()
+    state["extra.weight"] = state.pop("features.conv0.weight")
+    torch.save(state, tmp_path / "renamed.pth")
+    with pytest.raises(ValueError, match=r"1 missing keys \(e\.g\. features\.conv0\.weight\), 1 unexpected keys"):
+        models.build_model("densenet121", weights=tmp_path / "renamed.pth")
+
+
+def test_offline_message_names_the_file_torch_hub_looks_for():
+    assert models.IMAGENET_FILES == {"densenet121": "densenet121-a639ec97.pth", "resnet50": "resnet50-0676ba61.pth"}
 
 
 def test_checkpoint_round_trip_and_mismatches(tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import config, labels
+from helpers import config, explainers, labels
 from helpers.run import ExplainedBatch, Run
 
 
@@ -65,6 +65,11 @@ def test_a_tiny_run_end_to_end(runs):
     prior = run.finding_prior()  # the prior baseline: mean training masks, cached
     assert prior.shape == (14, 64, 64) and prior.max() <= 1 and prior[labels.PATHOLOGIES.index("No Finding")].max() == 0
     assert np.array_equal(Run(profile, device="cpu").explainer("prior").prior, prior)
+    scales = []  # the batch on a GPU is sized for the explainer's own memory needs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(explainers, "batch_size_for", lambda *args, scale: scales.append(scale) or args[2])
+        assert [run.explainer(name).batch_size for name in ("gradcam++", "gradcam")] == [8, 8]
+    assert scales == [1.6, 1.0]
     pairs = batch.pairs()[:3]
     counterfactual = run.counterfactuals(pairs)  # each image again without its finding, normalised like the inputs
     assert counterfactual.shape == (3, 3, 64, 64)

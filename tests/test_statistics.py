@@ -80,6 +80,19 @@ def test_outcome_follows_the_metric_direction():
     assert table.set_index("metric")["outcome"].to_dict() == {"deletion_auc": -1, "hit": 1}
 
 
+def test_against_reference_keeps_one_row_per_pair_of_methods():
+    """Challengers against several references (the granularity comparison): no pair's cells overwrite another's."""
+    prior = np.linspace(0.1, 0.9, 30)
+    scores = _scores({"prior": prior, "edge": prior - 0.2, "m": prior + 0.1}, metric="hit")
+    table = metrics.outcome(metrics.compare(scores, [("m", "prior"), ("m", "edge")], ["hit"], n_boot=200))
+    wide = metrics.against_reference(table, ["hit"], digits=2)
+    assert wide[["method", "versus"]].values.tolist() == [["m", "prior"], ["m", "edge"]]
+    assert wide["hit"].str.startswith(("+0.10", "+0.30")).tolist() == [True, True]
+    assert wide.set_index("versus")["hit"]["edge"].startswith("+0.30")
+    only = metrics.against_reference(table, ["hit"], reference="prior")
+    assert only[["method", "versus"]].values.tolist() == [["m", "prior"]]
+
+
 def test_a_difference_holds_across_seeds_only_if_every_seed_agrees():
     def comparison(difference, outcome):
         row = {"a": "m", "b": "prior", "metric": "hit", "pathology": "all", "mean_difference": difference}
@@ -111,3 +124,24 @@ def test_results_table_has_no_published_anchor_rows():
     summary = metrics.summarise(_scores({"a": np.linspace(0, 1, 10)}), n_boot=50)
     table = metrics.results_table(summary, ["a"], ["hit"])
     assert table["method"].tolist() == ["a"] and table.loc[0, "hit"].startswith("0.500 [")
+
+
+def test_strata_give_the_verdict_and_the_mask_size_tercile_of_each_positive_pair():
+    from helpers import labels
+
+    edema = labels.PATHOLOGIES.index("Edema")
+    n = 6
+    codes = np.zeros((n, 14))
+    codes[:, edema] = 1
+    codes[5, edema] = 0  # a negative image: no stratum
+    masks = np.zeros((n, 14, 10, 10), bool)
+    for i in range(n):
+        masks[i, edema, : i + 1] = True  # areas 10%, 20%, ... 60% of the image
+    probs = np.linspace(0.2, 0.8, n)[:, None]  # the model's probability of Edema, the set's one column
+    table = metrics.strata([f"i{i}" for i in range(n)], probs, masks, codes, ["Edema"])
+    assert table["image"].tolist() == ["i0", "i1", "i2", "i3", "i4"]
+    assert table["prediction"].tolist() == ["false negative"] * 3 + ["true positive"] * 2  # p >= 0.5 from i3 (0.56)
+    assert table["mask_size"].tolist() == ["small", "small", "medium", "large", "large"]
+    few = metrics.strata(["i0", "i1"], probs[:2], masks[:2], codes[:2], ["Edema"])
+    assert len(few) == 2 and few["mask_size"].isna().all()  # two pairs make no terciles
+    assert metrics.strata([], probs[:0], masks[:0], codes[:0], ["Edema"]).empty

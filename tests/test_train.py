@@ -66,8 +66,8 @@ def test_cosine_schedule_falls_to_zero_and_resumes_exactly(tmp_path):
     train_set, val_set = _tiny_sets()
     cosine = _config(schedule="cosine", max_epochs=3, learning_rate=0.01)
     straight = train.fit(_fresh_model(), train_set, val_set, cosine, tmp_path / "a", progress=False)
-    # the rate after each epoch: 0.01 * (1 + cos(pi * epoch / 3)) / 2, whatever the validation AUROC did
-    assert np.allclose(straight["learning_rate"], [0.0075, 0.0025, 0.0], atol=1e-12)
+    # the rate epoch e trained with: 0.01 * (1 + cos(pi * (e - 1) / 3)) / 2, whatever the validation AUROC did
+    assert np.allclose(straight["learning_rate"], [0.01, 0.0075, 0.0025], atol=1e-12)
     train.fit(_fresh_model(), train_set, val_set, cosine, tmp_path / "b", progress=False, stop_after_epoch=1)
     resumed = train.fit(_fresh_model(seed=5), train_set, val_set, cosine, tmp_path / "b", progress=False)
     assert resumed["learning_rate"].tolist() == straight["learning_rate"].tolist()

@@ -67,7 +67,7 @@ def build_image_cache(
         Side of the square images.
     cache_file : path-like, optional
         ``.npy`` file; written atomically, and read back instead of decoding when it exists and
-        matches ``frame``: same paths, same size, and the same files (size and modification time of
+        matches ``frame``: same paths in the same order, same size, and the same files (size and modification time of
         every image, fingerprinted in the sidecar ``.paths.txt``), so regenerated data is re-decoded.
         Without it the images are decoded through a temporary file and returned in memory.
     on_bad : {"raise", "skip"}
@@ -83,7 +83,7 @@ def build_image_cache(
     images : numpy.ndarray, uint8, shape (n_kept, size, size)
         Read-only memory map of ``cache_file`` when given, else an array in memory.
     kept : DataFrame
-        The rows that were loaded, in order.
+        The rows that were loaded, in ``frame``'s order, indexed from 0.
     skipped : DataFrame
         One row per dropped image with the reason (empty unless ``on_bad="skip"``).
 
@@ -119,7 +119,7 @@ def build_image_cache(
             # with old rows, even if this process dies before it writes their own sidecars
             _cache_sidecars(cache_file)[0].unlink(missing_ok=True)
     skipped_positions = [position for position, _ in problems]
-    kept = frame.iloc[np.setdiff1d(np.arange(len(frame)), skipped_positions)]
+    kept = frame.iloc[np.setdiff1d(np.arange(len(frame)), skipped_positions)].reset_index(drop=True)
     skipped = pd.DataFrame(
         [{"Path": frame["Path"].iat[position], "problem": str(error)} for position, error in problems],
         columns=["Path", "problem"],
@@ -322,13 +322,14 @@ def _read_cache(cache_file, frame: pd.DataFrame, size: int, fingerprint: str):
     if header != f"# source {fingerprint}":
         return None
     skipped = pd.read_csv(skipped_file)
-    if sorted(cached_paths + skipped["Path"].tolist()) != sorted(frame["Path"].tolist()):
+    # The cache holds frame's rows in frame's order, less the skipped ones (a path listed twice, twice).
+    dropped = frame["Path"].isin(skipped["Path"])
+    if frame["Path"][~dropped].tolist() != cached_paths or frame["Path"][dropped].tolist() != skipped["Path"].tolist():
         return None
     images = np.load(cache_file, mmap_mode="r")
     if images.shape != (len(cached_paths), size, size):
         return None
-    kept = frame.set_index("Path", drop=False).loc[cached_paths].reset_index(drop=True)
-    return images, kept, skipped
+    return images, frame[~dropped].reset_index(drop=True), skipped
 
 
 def _refuse_recorded_skips(skipped: pd.DataFrame, cache_file, on_bad: str) -> None:

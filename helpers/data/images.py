@@ -123,11 +123,14 @@ def _to_gray_uint8(image: Image.Image) -> Image.Image:
 
 
 def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map ``[low, high]`` linearly onto ``[0, 255]`` (rounded, values outside clipped) as uint8.
+    """Map ``low`` to 0 and ``high`` to 255 linearly (rounded, values beyond them clipped) as uint8.
 
-    A flat range (``high <= low``) is not divided by: ``low`` becomes black and anything above it white.
+    ``high < low`` maps the range reversed (pydicom's window output with a negative rescale slope: its black is the
+    larger value). A flat range (``high == low``) is not divided by: ``low`` becomes black and anything above it
+    white.
     """
-    span = max(float(high) - float(low), 1e-12)
+    span = float(high) - float(low)
+    span = span if abs(span) > 1e-12 else 1e-12
     return np.clip((np.asarray(values, dtype=np.float64) - low) / span * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -297,13 +300,14 @@ def _apply_voi(values: np.ndarray, dataset) -> tuple[np.ndarray, float, float]:
     """
     from pydicom.pixels import apply_voi, apply_windowing
 
+    # An element present but empty (anonymisers leave them) reads as None and counts as absent, as in pydicom.
     lut = dataset.VOILUTSequence[0] if dataset.get("VOILUTSequence") else None
-    if lut is not None and "LUTDescriptor" in lut and "LUTData" in lut:
+    if lut is not None and None not in (lut.get("LUTDescriptor"), lut.get("LUTData")):
         entries, first, _ = lut.LUTDescriptor
         outputs = apply_voi(np.arange(first, first + (entries or 2**16)), dataset)  # every entry of the LUT
         # The modality step may give floats; the LUT is indexed by integers.
         return apply_voi(np.rint(values).astype(np.int64), dataset), outputs.min(), outputs.max()
-    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+    if None not in (dataset.get("WindowCenter"), dataset.get("WindowWidth")):
         # The window sends everything below it to its black and above it to its white (SIGMOID: in the limit).
         black, white = apply_windowing(np.array([-np.inf, np.inf]), dataset)
         return apply_windowing(values, dataset), black, white

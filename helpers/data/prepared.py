@@ -221,6 +221,9 @@ def prepare(
     train = train.assign(split=split_by_patient(train, val_fraction, seed=seed).to_numpy())
     frame = pd.concat([train, test.assign(split="test")], ignore_index=True)
     frame["image_id"] = image_ids(frame)
+    # The index goes first: until a complete run writes it again, the caches below are not read back beside the
+    # rows of an earlier preparation (load_prepared names notebook 01 instead).
+    (Path(cache_dir) / "index.csv").unlink(missing_ok=True)
     images, kept, skipped = {}, [], []
     for name in SPLITS:
         rows = frame[frame["split"] == name]
@@ -260,14 +263,26 @@ def _recorded_root(root: Path, cache_dir: Path) -> str:
 
 
 def load_prepared(cache_dir: str | os.PathLike, size: int) -> PreparedData:
-    """Read what :func:`prepare` wrote; a clear error names notebook 01 when it is missing."""
+    """Read what :func:`prepare` wrote; a clear error names notebook 01 when any of it is missing, or when a split's
+    rows in ``index.csv`` are not the images of its cache, in order."""
     cache_dir = Path(cache_dir)
-    index_file = cache_dir / "index.csv"
-    if not index_file.is_file():
+    files = [cache_dir / "index.csv", cache_dir / "root.txt"] + [
+        cache_dir / f"{name}_{size}{suffix}" for name in SPLITS for suffix in (".npy", ".paths.txt", ".skipped.csv")
+    ]
+    missing = [file.name for file in files if not file.is_file()]
+    if missing:
         raise FileNotFoundError(
-            f"No prepared data in {cache_dir}: run notebooks/01_prepare_data.ipynb first (same CHEXPLAIN_PROFILE)."
+            f"No prepared data at {size} px in {cache_dir} ({', '.join(missing)} missing): run "
+            f"notebooks/01_prepare_data.ipynb first (same CHEXPLAIN_PROFILE and settings)."
         )
-    index = pd.read_csv(index_file)
+    index = pd.read_csv(cache_dir / "index.csv")
+    for name in SPLITS:
+        cached_paths = (cache_dir / f"{name}_{size}.paths.txt").read_text().splitlines()[1:]
+        if index.loc[index["split"] == name, "Path"].tolist() != cached_paths:
+            raise ValueError(
+                f"{cache_dir / 'index.csv'} does not list the images of {name}_{size}.npy in their order (an "
+                f"interrupted preparation?): run notebooks/01_prepare_data.ipynb again."
+            )
     images = {name: np.load(cache_dir / f"{name}_{size}.npy", mmap_mode="r") for name in SPLITS}
     skipped = pd.concat(
         [pd.read_csv(cache_dir / f"{name}_{size}.skipped.csv").assign(split=name) for name in SPLITS], ignore_index=True

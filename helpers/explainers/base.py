@@ -21,8 +21,9 @@ from helpers.heatmaps import HeatmapSet, stack_pathologies
 from helpers.tensors import to_numpy
 
 _REGISTRY: dict[str, Callable[..., Explainer]] = {}
-#: Peak GPU memory per input pixel of the heaviest explainer: LRP for all 14 pathologies on DenseNet-121 took
-#: 8.8 GB for 8 images at 224 px on an H200 (issue 13's measurement), about 22 kB per pixel.
+#: Peak GPU memory per input pixel of the reference explainer: LRP (EpsilonPlusFlat) for all 14 pathologies on
+#: DenseNet-121 took 8.8 GB for 8 images at 224 px on an H200 (issue 13's measurement), about 22 kB per pixel.
+#: An explainer's :attr:`Explainer.memory_scale` says how much more (or less) it needs.
 PEAK_BYTES_PER_PIXEL = 22_000
 
 
@@ -42,9 +43,13 @@ class Explainer:
     normalisation : tuple of (mean, std)
         How the inputs were normalised (per channel), for methods that need pixel values (LRP's box bounds,
         Integrated Gradients' black baseline); ImageNet's by default, a :class:`~helpers.run.Run` sets the model's.
+    memory_scale : float
+        Peak memory per image as a multiple of :data:`PEAK_BYTES_PER_PIXEL`'s reference (at least the measured
+        ratio: ``benchmarks/bench_explainer_memory.py``), for :func:`batch_size_for` on a GPU.
     """
 
     signed: bool = False
+    memory_scale: float = 1.0
 
     def __init__(self, name: str, batch_size: int = 8, **params):
         self.name = name
@@ -147,16 +152,17 @@ def _probabilities(model: nn.Module, batch: torch.Tensor, classes: Sequence[int]
         return to_numpy(torch.sigmoid(model(batch)[:, classes].float()))
 
 
-def batch_size_for(device: torch.device, image_size: int, default: int, most: int = 64) -> int:
+def batch_size_for(device: torch.device, image_size: int, default: int, most: int = 64, scale: float = 1.0) -> int:
     """Images per explanation batch: ``default`` on the CPU; on CUDA and MPS as many as half the free memory holds.
 
-    Sized by :data:`PEAK_BYTES_PER_PIXEL`, a measured peak, so smaller networks get a safe margin. Memory torch's
-    caching allocator holds but no tensor uses (after training in the same process, say) counts as free.
+    Sized by :data:`PEAK_BYTES_PER_PIXEL` times ``scale`` (the explainer's :attr:`Explainer.memory_scale`), a
+    measured peak on DenseNet-121, so smaller networks get a safe margin. Memory torch's caching allocator holds
+    but no tensor uses (after training in the same process, say) counts as free.
     """
     free = _free_memory(device)
     if free is None:
         return default
-    return int(max(1, min(most, free // 2 // (PEAK_BYTES_PER_PIXEL * image_size**2))))
+    return int(max(1, min(most, free // 2 // (scale * PEAK_BYTES_PER_PIXEL * image_size**2))))
 
 
 def _free_memory(device: torch.device) -> int | None:

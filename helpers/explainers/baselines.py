@@ -50,18 +50,19 @@ class PriorMap(Explainer):
 
 class RandomMap(Explainer):
     """Uniform noise in [0, 1), a fresh draw per image and pathology, seeded by ``seed`` and the image's pixels
-    (so a map does not depend on the batch it was explained in)."""
+    (so a map depends neither on the batch it was explained in nor on the other pathologies asked for)."""
 
     def __init__(self, name: str | None = None, seed: int = 0, batch_size: int = 64):
         super().__init__(name or "random", batch_size, baseline="uniform noise", seed=seed)
 
     def attribute(self, model, images, classes):
-        maps = np.stack([self._noise(image, len(classes)) for image in _as_numpy(images)])
+        maps = np.stack([self._noise(image)[list(classes)] for image in _as_numpy(images)])
         return torch.as_tensor(maps, dtype=images.dtype, device=images.device)
 
-    def _noise(self, image: np.ndarray, n_classes: int) -> np.ndarray:
+    def _noise(self, image: np.ndarray) -> np.ndarray:
+        """One map per pathology of :data:`helpers.labels.PATHOLOGIES`."""
         rng = np.random.default_rng([self.params["seed"], zlib.crc32(image.tobytes())])
-        return rng.random((n_classes, *image.shape[-2:]))
+        return rng.random((len(labels.PATHOLOGIES), *image.shape[-2:]))
 
 
 class EdgeMap(Explainer):

@@ -84,6 +84,8 @@ class CAM(Explainer):
             upsampling="bilinear",
             explained="logit",
         )
+        if not self.params["fast_path"]:
+            self.memory_scale = LIBRARY_MEMORY_SCALE
 
     def attribute(self, model, images, classes):
         layer = cam_layer(model, self.params["layer"])
@@ -103,6 +105,12 @@ for _method in METHODS:
 #: Grad-CAM at deeper layers, for granularity at matched native resolution (maps of 2x and 4x the head's side).
 for _layer in ("2x", "4x"):
     register(f"gradcam_{_layer}", functools.partial(CAM, method="gradcam", layer=_layer))
+
+
+#: pytorch-grad-cam runs a full forward and backward per image and pathology: its peak per image over LRP's
+#: reference (:data:`helpers.explainers.base.PEAK_BYTES_PER_PIXEL`), with a margin: 1.45-1.51 measured for
+#: Grad-CAM++, XGrad-CAM and LayerCAM on DenseNet-121 at 224 px (``benchmarks/bench_explainer_memory.py``).
+LIBRARY_MEMORY_SCALE = 1.6
 
 
 def cam_layer(model: nn.Module, layer: str) -> nn.Module:
@@ -202,11 +210,11 @@ def library_cam(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # with the library: on first use
 
     n, k = len(images), len(classes)
-    cam = library_class(method)(model=model, target_layers=[layer])
     per_row = 1 if method in CLASS_AGNOSTIC else k
     rows = images.repeat_interleave(per_row, dim=0).requires_grad_(True)  # parameters are frozen: grads flow here
     row_classes = classes[:1] if method in CLASS_AGNOSTIC else classes
     targets = [ClassifierOutputTarget(c) for _ in range(n) for c in row_classes]  # one target per row, always
+    cam = library_class(method)(model=model, target_layers=[layer])  # hooks the layer: released in finally
     try:
         with torch.enable_grad():
             outputs = cam.activations_and_grads(rows)

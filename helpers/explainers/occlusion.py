@@ -51,15 +51,17 @@ class Occlusion(Explainer):
         baseline = blurred_baseline(images)
         height, width = images.shape[-2:]
         tops, lefts = range(0, height - window + 1, stride), range(0, width - window + 1, stride)
-        drops = torch.zeros(len(images), len(classes), len(tops), len(lefts), dtype=torch.float64, device=images.device)
+        # the drops of float32 logits are exact in float64; MPS has no float64
+        wide = torch.float32 if images.device.type == "mps" else torch.float64
+        drops = torch.zeros(len(images), len(classes), len(tops), len(lefts), dtype=wide, device=images.device)
         with torch.no_grad():
-            reference = model(images)[:, list(classes)].double()
+            reference = model(images)[:, list(classes)].to(wide)
             for r, top in enumerate(tops):
                 for c, left in enumerate(lefts):
                     region = (..., slice(top, top + window), slice(left, left + window))
                     occluded = images.clone()
                     occluded[region] = baseline[region]
-                    drops[:, :, r, c] = reference - model(occluded)[:, list(classes)].double()
+                    drops[:, :, r, c] = reference - model(occluded)[:, list(classes)].to(wide)
         return _centre_grid_to_image(drops, stride, window // 2, (height, width))
 
 

@@ -182,11 +182,13 @@ def _check_counterfactuals(inputs: torch.Tensor, counterfactual_inputs: torch.Te
 
 def _fractions(steps: int, spacing: str) -> np.ndarray:
     """Fractions of pixels replaced along a curve, 0 first and 1 last (:func:`counterfactual_perturbation_scores`)."""
-    if spacing == "log":
+    if spacing == "log" and steps >= 2:  # the first log step and the whole image, at least
         return np.concatenate([[0.0], np.geomspace(LOG_FIRST_FRACTION, 1.0, steps)])
     if spacing == "linear" and steps >= MIN_LINEAR_STEPS:
         return np.linspace(0.0, 1.0, steps + 1)
-    raise ValueError(f"spacing must be 'log' or 'linear' with steps >= {MIN_LINEAR_STEPS}; got {spacing!r}, {steps}.")
+    raise ValueError(
+        f"spacing must be 'log' with steps >= 2 or 'linear' with steps >= {MIN_LINEAR_STEPS}; got {spacing!r}, {steps}."
+    )
 
 
 def _cf_areas(model, image, counterfactual, sets, i, pathology, fractions, seed, batch_size) -> list[dict[str, float]]:

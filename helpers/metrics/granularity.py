@@ -151,7 +151,8 @@ def class_correlation(heatmaps: HeatmapSet, image: int, part: str = "positive") 
     -------
     float
         Near 1: the method shows the same thing whatever the pathology asked for. NaN with fewer than two
-        such findings whose chosen part varies over the image.
+        such findings whose chosen part varies over the image, or when one of their maps diverged (inf or NaN),
+        as every score of such a map.
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}.")
@@ -159,6 +160,8 @@ def class_correlation(heatmaps: HeatmapSet, image: int, part: str = "positive") 
     if len(keep) < 2:
         return float("nan")
     flat = heatmaps.maps[image, keep].reshape(len(keep), -1).astype(np.float64)
+    if not np.isfinite(flat).all():  # checked before the part is taken: max(-inf, 0) would look finite
+        return float("nan")
     flat = {"positive": positive_part, "abs": np.abs, "signed": np.asarray}[part](flat)
     varying = flat.std(axis=1) > 0
     if varying.sum() < 2:

@@ -210,7 +210,7 @@ def rank_accuracy(heatmap: np.ndarray, mask: np.ndarray) -> float:
     they get the mask's share among them, not an order that would favour the top-left of the image.
     """
     values = positive_part(heatmap).ravel()
-    inside = mask.ravel()
+    inside = np.asarray(mask, dtype=bool).ravel()
     k = int(inside.sum())
     if not k:
         return float("nan")

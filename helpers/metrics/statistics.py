@@ -272,8 +272,8 @@ def strata(
 
     ``prediction`` is ``"true positive"`` where the probability is at least 0.5 and ``"false negative"``
     otherwise; ``mask_size`` is the tercile (``"small"``, ``"medium"``, ``"large"``) of the mask's area among all
-    the positive pairs. Merge with a score table on ``image, pathology`` and pass ``by=[...]`` to
-    :func:`summarise`.
+    the positive pairs (NaN with fewer than three pairs: no terciles, so no such stratum). Merge with a score
+    table on ``image, pathology`` and pass ``by=[...]`` to :func:`summarise`.
 
     Parameters
     ----------
@@ -294,11 +294,13 @@ def strata(
             if codes[i, k] == 1 and masks[i, k].any():
                 rows.append((str(image_id), pathology, probs[i, j] >= 0.5, masks[i, k].mean()))
     table = pd.DataFrame(rows, columns=["image", "pathology", "predicted", "area"])
-    return table.assign(
-        prediction=np.where(table.pop("predicted"), "true positive", "false negative"),
-        # ranks first: equal areas (a finding drawn the same size twice) must not collapse a tercile's edges
-        mask_size=pd.qcut(table["area"].rank(method="first"), 3, labels=["small", "medium", "large"]).astype(str),
+    # ranks first: equal areas (a finding drawn the same size twice) must not collapse a tercile's edges
+    sizes = (
+        pd.qcut(table["area"].rank(method="first"), 3, labels=["small", "medium", "large"]).astype(str)
+        if len(table) >= 3
+        else pd.Series(np.nan, index=table.index, dtype=object)
     )
+    return table.assign(prediction=np.where(table.pop("predicted"), "true positive", "false negative"), mask_size=sizes)
 
 
 def sample_table(codes: np.ndarray, masks: np.ndarray, patients: Sequence[str]) -> pd.DataFrame:

@@ -65,12 +65,13 @@ def outcome(comparison: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 def against_reference(
     comparison: pd.DataFrame, metric_names: Sequence[str], digits: int = 3, reference: str | None = None
 ) -> pd.DataFrame:
-    """Wide table from an :func:`outcome` table: per method ``a``, ``"+0.120 [+0.05, +0.19] p=0.003 (+1)"``
-    per metric: difference to the reference method ``b`` with its CI, Holm p-value and outcome."""
+    """Wide table from an :func:`outcome` table: per method ``a`` and the method ``b`` it is compared with (only
+    ``reference`` when given), ``"+0.120 [+0.05, +0.19] p=0.003 (+1)"`` per metric: the difference with its CI,
+    Holm p-value and outcome."""
     rows = comparison if reference is None else comparison[comparison["b"] == reference]
     table = {}
     for _, r in rows.iterrows():
-        table.setdefault(r["a"], {"method": r["a"], "versus": r["b"]})[r["metric"]] = (
+        table.setdefault((r["a"], r["b"]), {"method": r["a"], "versus": r["b"]})[r["metric"]] = (
             f"{r['mean_difference']:+.{digits}f} [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}] "
             f"p={r['p_holm']:.2g} ({r['outcome']:+.0f})"
         )
