@@ -364,8 +364,28 @@ def plot_randomisation(
     return fig
 
 
+#: LaTeX's special characters and how text writes them (pandas escapes a table's cells, not its caption).
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_text(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (a caption's "95%" would otherwise comment out its end)."""
+    return "".join(_LATEX_SPECIALS.get(character, character) for character in text)
+
+
 def save_table(table: pd.DataFrame, folder: str | Path, slug: str, caption: str = "") -> list[Path]:
-    """Write ``<slug>.csv`` and ``<slug>.tex`` (booktabs) atomically; returns both paths."""
+    """Write ``<slug>.csv`` and ``<slug>.tex`` (booktabs; cells and caption escaped) atomically; returns both paths."""
     written = []
     for suffix in ("csv", "tex"):
         target = Path(folder) / f"{slug}.{suffix}"
@@ -374,7 +394,9 @@ def save_table(table: pd.DataFrame, folder: str | Path, slug: str, caption: str 
                 table.to_csv(tmp, index=False)
             else:
                 Path(tmp).write_text(
-                    table.to_latex(index=False, escape=True, caption=caption or None, na_rep="--", float_format="%.3f")
+                    table.to_latex(
+                        index=False, escape=True, caption=latex_text(caption) or None, na_rep="--", float_format="%.3f"
+                    )
                 )
         written.append(target)
     return written

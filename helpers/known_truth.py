@@ -247,16 +247,22 @@ def shortcut_scores(
     maps: dict[str, dict[str, HeatmapSet]], batch: ExplainedBatch, marker_masks: np.ndarray, pathology: str
 ) -> pd.DataFrame:
     """Each map of ``pathology`` against the marker (``marker_mass``, ``_max``, ``_rank``) and, on images where the
-    finding is present, against the finding's mask (``finding_mass``, ...); a ``model`` column says whose map."""
+    finding is present, against the finding's mask less the marker's pixels (``finding_mass``, ...); a ``model``
+    column says whose map.
+
+    The token can lie over part of an apical pneumothorax: those pixels show the token, not the finding, and are
+    left out of the finding's region, so that relevance on the marker never counts for the finding too.
+    """
     k = labels.PATHOLOGIES.index(pathology)
     targets = [(i, pathology) for i in range(len(batch))]
-    positive = [i for i in range(len(batch)) if batch.masks[i, k].any()]
+    finding_regions = batch.masks[:, k] & ~marker_masks
+    positive = [i for i in range(len(batch)) if finding_regions[i].any()]
     tables = []
     for kind, sets in maps.items():
         for heatmaps in sets.values():
             marker = metrics.region_scores(heatmaps, targets, marker_masks, "marker")
             finding = metrics.region_scores(
-                heatmaps, [targets[i] for i in positive], batch.masks[positive, k], "finding"
+                heatmaps, [targets[i] for i in positive], finding_regions[positive], "finding"
             )
             tables.append(pd.concat([marker, finding]).assign(model=kind))
     return pd.concat(tables, ignore_index=True)

@@ -238,8 +238,8 @@ class Run:
             seed=profile.seed,
             on_bad=on_bad,
         )
+        self._loaded.clear()  # the data may have been written again: nothing loaded from the old stays
         self._loaded["data"] = prepared
-        self._loaded.pop("replay", None)  # the phantom may have been written again
         return prepared
 
     def data(self) -> data.PreparedData:
@@ -452,18 +452,22 @@ class Run:
         """Explain the :meth:`explained` batch with an explainer (or a registered name) and save the result.
 
         With ``reuse``, a registered name whose maps of this batch are already saved is loaded instead (a rerun
-        of the scores after a metrics change; the saved set must explain the same images, else it is remade).
+        of the scores after a metrics change; the saved set must explain the same images with the explainer's
+        default settings, by this run's model, else it is remade).
         """
         if reuse and isinstance(explainer, str) and not overrides and self.heatmap_path(explainer).is_file():
             saved = HeatmapSet.load(self.heatmap_path(explainer))
-            if saved.image_ids == self.explained().image_ids and self._made_by_this_model(saved):
+            same_settings = saved.params.get("default_settings", True)  # maps saved before it was recorded: yes
+            if saved.image_ids == self.explained().image_ids and self._made_by_this_model(saved) and same_settings:
                 return saved
+        default_settings = isinstance(explainer, str) and not overrides
         if isinstance(explainer, str):
             explainer = self.explainer(explainer, **overrides)
         batch = self.explained()
         model, meta = self.model()
         result = explainer.explain(model, batch.inputs, image_ids=batch.image_ids)
         result.params["model"] = model_identity(meta)  # saved maps of a model trained again since are stale
+        result.params["default_settings"] = default_settings  # saved under the same name: reuse needs to know
         result.save(self.heatmap_path(result.method))
         return result
 

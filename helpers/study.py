@@ -24,6 +24,7 @@ __all__ = [
     "GRANULARITY_METRICS",
     "LOCALISATION_METRICS",
     "available_baselines",
+    "compare_methods",
     "granularity_challengers",
     "counterfactual_faithfulness",
     "reference_method",
@@ -68,6 +69,25 @@ def available_baselines(run: Run, names: Sequence[str]) -> list[str]:
             kept.remove("prior")
             print(f"Baseline 'prior' left out: {error}")
     return kept
+
+
+def compare_methods(
+    scores: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    metric_names: Sequence[str],
+    n_boot: int,
+    patients: dict,
+) -> pd.DataFrame:
+    """:func:`helpers.metrics.compare` with :func:`helpers.metrics.outcome` for the ``pairs`` whose two methods
+    both have scores of ``metric_names``; the others are named in a printed line (without masks, as real CheXpert
+    without CheXlocalize, nothing is localised; without counterfactual renders nothing is faithful). Empty when
+    no pair is left."""
+    scored = set(scores.loc[scores["metric"].isin(metric_names), "method"])
+    kept = [(a, b) for a, b in pairs if a in scored and b in scored]
+    if len(kept) < len(pairs):
+        left_out = sorted({m for pair in pairs for m in pair} - scored)
+        print(f"Not compared on {', '.join(metric_names)}: no such scores for {', '.join(left_out)} on this data.")
+    return metrics.outcome(metrics.compare(scores, kept, metric_names, n_boot, patients=patients))
 
 
 def reference_method(methods: Sequence[str]) -> str:

@@ -62,6 +62,12 @@ def short_name(method: str) -> str:
     return "\n".join(textwrap.wrap(words, 12)[:3])
 
 
+def draw_radiograph(ax: plt.Axes, image: np.ndarray) -> None:
+    """The radiograph in gray at its fixed range (0-255, or 0-1 for floats), the same in every panel: a panel
+    drawn without limits would be contrast-stretched and look unlike the overlays beside it."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.max() > 1 else 1)
+
+
 def render_overlay(
     ax: plt.Axes,
     image: np.ndarray,
@@ -78,7 +84,7 @@ def render_overlay(
     of ``|relevance|`` (a handful of extreme pixels would otherwise wash the rest out); non-negative
     maps (CAM) are min-max scaled into a perceptually uniform sequential map.
     """
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.max() > 1 else 1)
+    draw_radiograph(ax, image)
     if signed:
         shown = ax.imshow(symmetric_scale(heatmap), cmap=LRP_CMAP, vmin=-1, vmax=1, alpha=alpha)
     else:
@@ -124,7 +130,7 @@ def render_view(
         fig, (left, right, bar) = plt.subplots(
             1, 3, figsize=(TWO_COLUMN, 3.6), gridspec_kw={"width_ratios": [1, 1, COLOUR_BAR_WIDTH]}
         )
-        left.imshow(images[image], cmap="gray")
+        draw_radiograph(left, images[image])
         left.set_title(heatmaps.image_ids[image], fontsize=TITLE_PT)
         left.axis("off")
         title = f"{heatmaps.method}: {pathology}\np = {heatmaps.probs[image, j]:.3f}{label}"
@@ -134,7 +140,7 @@ def render_view(
         fig.colorbar(
             shown,
             cax=bar,
-            label="relevance / 99.5th pct |relevance|" if signed else "CAM (min-max)",
+            label="relevance / 99.5th pct |relevance|" if signed else "min-max scaled",
         )
         fig.subplots_adjust(**VIEW_MARGINS)  # fixed: tight_layout took a third of a slider move's redraw
     return fig
@@ -266,7 +272,7 @@ def plot_gallery(
         for r, (i, pathology) in enumerate(rows):
             k = labels.PATHOLOGIES.index(pathology)
             mask = None if masks is None else masks[i, k]
-            axes[r, 0].imshow(images[i], cmap="gray")
+            draw_radiograph(axes[r, 0], images[i])
             if mask is not None and mask.any():
                 axes[r, 0].contour(mask, levels=[0.5], colors="#00e5ff", linewidths=0.8)
             # the row's name inside its first panel: a title above it overlapped the row above, and a label beside
@@ -333,7 +339,7 @@ def render_comparison(
     mask = None if masks is None else masks[image, k]
     with paper_style():
         fig, axes = plt.subplots(1, 1 + len(methods), figsize=(TWO_COLUMN * (1 + len(methods)) / 3, 3.4))
-        axes[0].imshow(images[image], cmap="gray")
+        draw_radiograph(axes[0], images[image])
         if mask is not None and mask.any():
             axes[0].contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
         label = "" if codes is None else f"\nlabel: {label_text(codes[image, k])}"
@@ -432,7 +438,7 @@ def render_twins(
     marker = marker_masks[image]
     with paper_style():
         fig, axes = plt.subplots(1, 1 + len(maps), figsize=(TWO_COLUMN, 3.0))
-        axes[0].imshow(images[image], cmap="gray")
+        draw_radiograph(axes[0], images[image])
         label = "" if codes is None else f"\nlabel: {label_text(codes[image, k])}"
         axes[0].set_title(f"{maps[next(iter(maps))][method].image_ids[image]}{label}", fontsize=TITLE_PT)
         axes[0].axis("off")

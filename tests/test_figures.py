@@ -65,6 +65,9 @@ def test_save_table_writes_csv_and_booktabs_latex(tmp_path):
     assert pd.read_csv(csv).equals(table)
     text = tex.read_text()
     assert "\\toprule" in text and "A caption" in text and "--" in text and "lrp\\_z" in text
+    _, tex = figures.save_table(table, tmp_path, "table1_x", caption="Means with 95% CIs & a_b.")
+    caption = next(line for line in tex.read_text().splitlines() if line.startswith("\\caption"))
+    assert caption == "\\caption{Means with 95\\% CIs \\& a\\_b.}"  # a bare % would comment out the closing brace
 
 
 def test_cooccurrence_is_conditional_on_the_row():

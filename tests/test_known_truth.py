@@ -256,6 +256,23 @@ def test_leakage_targets_pick_two_findings_of_one_image():
     )
 
 
+def test_relevance_on_the_marker_never_counts_for_the_finding_it_covers():
+    """An apical pneumothorax under the token: a map with all its mass on the token puts none on the finding."""
+    size, k = 16, labels.PATHOLOGIES.index(TARGET)
+    marker = np.zeros((2, size, size), bool)
+    marker[:, 1:3, 1:6] = True
+    masks = np.zeros((2, 14, size, size), bool)
+    masks[0, k, :8, :8] = True  # the finding covers the token and more
+    maps = np.zeros((2, 14, size, size), np.float32)
+    maps[:, k] = marker  # every map's mass on the token
+    batch = ExplainedBatch([0, 1], ["a", "b"], ["p", "q"], None, None, None, masks)
+    sets = {"shortcut": {"m": HeatmapSet(maps, ["a", "b"], labels.PATHOLOGIES, "m")}}
+    scores = known_truth.shortcut_scores(sets, batch, marker, TARGET).set_index("metric")["value"]
+    assert scores["marker_mass"].tolist() == [1.0, 1.0]
+    assert scores["finding_mass"] == 0.0  # image a only: b has no finding
+    assert scores["finding_excess"] == pytest.approx(-(64 - 10) / 256)
+
+
 def test_class_leakage_without_an_image_of_two_findings_says_so():
     codes = np.full((2, 14), np.nan)
     codes[0, labels.PATHOLOGIES.index("Edema")] = 1

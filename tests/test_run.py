@@ -49,7 +49,9 @@ def test_a_tiny_run_end_to_end(runs):
     """Prepare, train one epoch, explain: the batch spans patients, files carry the explainer's name."""
     profile = config.load_profile("smoke", n_train=80, n_valid=40, n_explain=6)
     run = Run(profile, device="cpu")
+    run._loaded["explained"] = "loaded from data written before"
     run.prepare(progress=False)
+    assert "explained" not in run._loaded  # the data may have been written again: nothing stale stays
     model, meta, _ = run.train(progress=False)
     batch = run.explained()
     assert len(batch) == 6 and len(set(batch.patients)) >= 4  # sampled across patients, not the first rows
@@ -82,6 +84,12 @@ def test_a_tiny_run_end_to_end(runs):
         retrained.heatmaps(["gradcam"])
     remade = retrained.explain("gradcam", reuse=True)
     assert remade.params["model"] != result.params["model"] and retrained.heatmaps(["gradcam"])
+    # maps saved with other settings under the same name are not reused as the default explainer's
+    default = run.explain("random")
+    assert np.array_equal(run.explain("random", reuse=True).maps, default.maps)
+    other = run.explain("random", seed=5)
+    assert not np.array_equal(other.maps, default.maps)
+    assert np.array_equal(run.explain("random", reuse=True).maps, default.maps)
 
 
 def test_balanced_pairs_take_the_findings_in_turns_one_pair_per_image():

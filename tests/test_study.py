@@ -71,6 +71,16 @@ def test_real_data_without_training_masks_or_manifest_drops_the_prior_and_the_co
     assert rows.empty and "not a chexplain phantom" in capsys.readouterr().out
     assert study.reference_method(["gradcam", "random"]) == "random"
     assert study.reference_method(["gradcam", "prior", "random"]) == "prior"
+    # no masks (CheXpert without CheXlocalize): nothing to compare on localisation, granularity's spread still
+    batch = run.explained()
+    patients = dict(zip(batch.image_ids, batch.patients))
+    sets["random"] = run.explain("random")
+    scores = study.score_methods(sets, batch, n_jobs=1)
+    versus = study.compare_methods(scores, [("gradcam", "random")], study.LOCALISATION_METRICS, 20, patients)
+    assert versus.empty and "no such scores for gradcam, random" in capsys.readouterr().out
+    assert metrics.against_reference(versus, study.LOCALISATION_METRICS, reference="random").empty
+    spread = study.compare_methods(scores, [("random", "gradcam")], ["gini"], 20, patients)
+    assert spread["metric"].tolist() == ["gini"] and spread["outcome"].isna().all()  # gini: no better direction
 
 
 def test_scores_in_parallel_equal_the_scores_one_after_the_other(model, images):

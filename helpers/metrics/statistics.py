@@ -133,6 +133,10 @@ def paired_differences(
     return _paired_rows(_wide_scores(scores), method_a, method_b, n_boot, seed, patients, pathologies)
 
 
+#: The columns of a :func:`compare` table (before :func:`helpers.metrics.outcome` adds its own).
+PAIRED_COLUMNS = ["pathology", "metric", "a", "b", "mean_difference", "ci_low", "ci_high", "n", "n_patients", "p_value"]
+
+
 def _paired_rows(wide, method_a, method_b, n_boot, seed, patients, pathologies) -> pd.DataFrame:
     """:func:`paired_differences` from the scores already pivoted to one column per method."""
     difference = _with_pooled_differences(_per_map_differences(wide, method_a, method_b))
@@ -157,7 +161,7 @@ def _paired_rows(wide, method_a, method_b, n_boot, seed, patients, pathologies) 
                 "p_value": _signed_rank_p(cluster_means),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def _signed_rank_p(differences: np.ndarray) -> float:
@@ -206,12 +210,12 @@ def compare(
     """Paired differences ``a - b`` for every (a, b) in ``pairs`` and metric, with Holm-corrected p-values.
 
     The family corrected together is every row returned (all pairs x metrics at ``pathology``); ``p_holm`` is
-    the corrected p-value. NaN p-values (too few patients) stay NaN and are left out of the family.
+    the corrected p-value. NaN p-values (too few patients) stay NaN and are left out of the family. No pairs: an
+    empty table.
     """
     wide = _wide_scores(scores[scores["metric"].isin(metric_names)])  # bootstrap only what the table reports
-    table = pd.concat(
-        [_paired_rows(wide, a, b, n_boot, seed, patients, [pathology]) for a, b in pairs], ignore_index=True
-    )
+    tables = [_paired_rows(wide, a, b, n_boot, seed, patients, [pathology]) for a, b in pairs]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PAIRED_COLUMNS)
     return table.assign(p_holm=holm(table["p_value"].to_numpy()))
 
 
