@@ -85,7 +85,7 @@ format: $(STAMP) ## ruff: fix what can be fixed and format
 lab: $(RUN_STAMP) ## Open JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks
 
-bench: $(STAMP) ## Run the benchmarks in benchmarks/ and print their tables
+bench: $(STAMP) ## Run the benchmarks in benchmarks/ and print their tables (after make run: some read its model)
 	set -e; for script in $(filter-out benchmarks/bench_gpu%.py,$(wildcard benchmarks/bench_*.py)); do \
 	  echo "== $$script"; $(BIN)/python $$script; done
 

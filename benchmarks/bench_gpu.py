@@ -230,8 +230,18 @@ KERNELS = {True: "deterministic kernels", False: "fastest kernels"}
 
 
 def paper_run(args) -> Run:
-    """The paper profile (real-data layout, read from ``$CHEXPERT_ROOT``) with :func:`profile_overrides`."""
-    return Run(args.profile, overrides=profile_overrides(args))
+    """The paper profile (real-data layout, read from ``$CHEXPERT_ROOT``) with :func:`profile_overrides`, in a run
+    folder that holds no cache and no model yet: a used one would be loaded instead of decoded and trained (a
+    rerun with ``--fastest-kernels`` would print the first run's epochs), so it is refused, never deleted (it may
+    be a real run's)."""
+    run = Run(args.profile, overrides=profile_overrides(args))
+    used = [folder for folder in (run.cache_dir, run.model_dir) if folder.is_dir() and any(folder.iterdir())]
+    if used:
+        raise SystemExit(
+            f"bench_gpu.py times a fresh run, but {', '.join(map(str, used))} already hold(s) one: set "
+            f"CHEXPLAIN_RUNS_DIR to an empty folder (or remove {run.root} if it is a benchmark's)."
+        )
+    return run
 
 
 def profile_overrides(args) -> dict:
@@ -282,6 +292,8 @@ def notebook_02(run: Run, timer: Timer) -> None:
             )
             print(f"02 | {step} | {rate:.0f} images/s", flush=True)
     n_train = len(run.data().split("train"))
+    # the training loader drops the last partial batch (helpers.train): the images an epoch trains on
+    n_trained = n_train // settings.batch_size * settings.batch_size if n_train > settings.batch_size else n_train
     epochs = run.profile.train.max_epochs
     with timer.step("02", f"train {epochs} epochs (batch {settings.batch_size}, incl. validation)", n_train * epochs):
         model, meta, history = run.train(progress=False)
@@ -291,8 +303,8 @@ def notebook_02(run: Run, timer: Timer) -> None:
                 "notebook": "02",
                 "step": f"training epoch {epoch} (DataLoader-fed, no validation)",
                 "seconds": float(seconds),
-                "images": n_train,
-                "images_per_s": n_train / float(seconds),
+                "images": n_trained,
+                "images_per_s": n_trained / float(seconds),
             }
         )
     test_set = run.data().dataset("test", meta["policy"], meta["mean"], meta["std"])

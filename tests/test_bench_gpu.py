@@ -178,3 +178,13 @@ def test_the_feed_benchmark_trains_epochs_from_a_memory_mapped_uint8_array(impor
     assert isinstance(dataset.images, np.memmap)  # read as the decoded cache is
     rates = feed.fed_epochs(dataset, "densenet_compact", 8, 0, torch.device("cpu"), epochs=2)
     assert len(rates) == 2 and all(rate > 0 for rate in rates)
+
+
+def test_the_benchmark_refuses_a_run_folder_that_would_load_instead_of_train(bench, tmp_path, monkeypatch):
+    """A second run in the same folder would load the first one's model and print its epochs as its own."""
+    monkeypatch.setenv("CHEXPLAIN_RUNS_DIR", str(tmp_path))
+    args = types.SimpleNamespace(profile="paper", fastest_kernels=True, n_explain=4, epochs=1, n_boot=10, smoke=True)
+    run = bench.paper_run(args)  # a fresh folder: fine
+    (run.model_dir / "best.pt").write_bytes(b"a finished run")
+    with pytest.raises(SystemExit, match=r"times a fresh run, but .*model already hold.*CHEXPLAIN_RUNS_DIR"):
+        bench.paper_run(args)
