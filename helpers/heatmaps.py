@@ -97,7 +97,7 @@ class HeatmapSet:
         if not path.is_file():
             raise FileNotFoundError(
                 f"No heatmaps at {path}: run the notebook that explains with this method "
-                f"first (03 for LRP, 04 for Grad-CAM)."
+                f"first (03 for LRP, 04 for Grad-CAM, 05 for the gradient family, the baselines and occlusion)."
             )
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))

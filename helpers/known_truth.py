@@ -65,10 +65,10 @@ def localisation_by_use(
     scores: pd.DataFrame, own: pd.DataFrame, metric_names: Sequence[str], n_boot: int, patients: dict
 ) -> pd.DataFrame:
     """Notebook 05's localisation scores summarised separately for findings the model uses and those it does not
-    (:data:`USED_DELTA`): a method pointing away from a finding the model ignores is not wrong about the model."""
+    (:data:`USED_DELTA`): a method pointing away from a finding the model ignores is not wrong about the model.
+    Per pathology and pooled (pathology ``"all"``), as every localisation summary."""
     chosen = scores[scores["metric"].isin(metric_names)].merge(own[["image", "pathology", "used"]])
-    summary = metrics.summarise(chosen, n_boot, patients=patients, by=["used"])
-    return summary[summary["pathology"] == "all"].reset_index(drop=True)
+    return metrics.summarise(chosen, n_boot, patients=patients, by=["used"]).reset_index(drop=True)
 
 
 def leakage_targets(batch: ExplainedBatch, n: int, seed: int = 0) -> list[tuple[int, str, str]]:

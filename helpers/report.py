@@ -78,7 +78,8 @@ def results_markdown(run: Run) -> str:
         "by patient, Holm-corrected Wilcoxon p over every method x metric):",
         _markdown(pooled_with_differences(summary, versus_reference, ["hit", "mass_accuracy", "iou"], methods)),
         "**Granularity against the ground truth** (paired differences, method minus Grad-CAM at the named layer, "
-        "Holm-corrected over the whole table: gap = resolution gap to the mask in px, lower is better; F1 = "
+        "Holm-corrected over the table's family, which also counts the resolution in px and the Gini index: gap = "
+        "resolution gap to the mask in px, lower is better; F1 = "
         "boundary F-score and sep. = separation of two findings, higher is better):",
         _markdown(_granularity_rows(granularity)),
         "**Sanity** (model randomisation; `passes` is decided on the sign-insensitive similarity):",

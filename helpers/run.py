@@ -485,14 +485,21 @@ class Run:
             if heatmaps.image_ids != expected:
                 raise ValueError(
                     f"{self.heatmap_path(name)} explains other images than this run's explained batch; "
-                    f"rerun notebooks 03 and 04 with profile {self.profile.name!r}."
+                    f"rerun {self._explaining_notebook(name)} with profile {self.profile.name!r}."
                 )
             if not self._made_by_this_model(heatmaps):
                 raise ValueError(
                     f"{self.heatmap_path(name)} was made by another model than this run's (trained again since); "
-                    f"rerun notebooks 03 and 04 with profile {self.profile.name!r}."
+                    f"rerun {self._explaining_notebook(name)} with profile {self.profile.name!r}."
                 )
         return sets
+
+    @staticmethod
+    def _explaining_notebook(name: str) -> str:
+        """The notebook that saves the maps of explainer ``name``."""
+        if name.startswith("lrp_"):
+            return "notebook 03"
+        return "notebook 04" if isinstance(explainers.create(name), explainers.CAM) else "notebook 05"
 
     def save_table(self, table: pd.DataFrame, name: str) -> Path:
         """Write a metric table atomically as CSV (read back with :meth:`table`)."""
@@ -506,7 +513,8 @@ class Run:
         path = self.table_path(name)
         if not path.is_file():
             raise FileNotFoundError(
-                f"No table {name!r} at {path}: run notebook 05 (profile {self.profile.name!r}) first."
+                f"No table {name!r} at {path}: run notebook {'06' if name.startswith('known_truth') else '05'} "
+                f"(profile {self.profile.name!r}) first."
             )
         return pd.read_csv(path)
 

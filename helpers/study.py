@@ -174,10 +174,9 @@ def sanity_checks(
 def stratified_summary(
     batch: ExplainedBatch, reference: HeatmapSet, scores: pd.DataFrame, n_boot: int, patients: dict
 ) -> pd.DataFrame:
-    """Summaries (all findings pooled) by stratum: the prediction of ``reference``'s model (true positive or
-    false negative) and the mask-size tercile (:func:`helpers.metrics.strata`)."""
+    """Summaries by stratum, per pathology and pooled (pathology ``"all"``): the prediction of ``reference``'s model
+    (true positive or false negative) and the mask-size tercile (:func:`helpers.metrics.strata`)."""
     strata = metrics.strata(batch.image_ids, reference.probs, batch.masks, batch.codes, reference.pathologies)
     strata = strata.melt(["image", "pathology"], ["prediction", "mask_size"], var_name="stratum", value_name="level")
     stratified = scores.merge(strata, on=["image", "pathology"])
-    summary = metrics.summarise(stratified, n_boot, patients=patients, by=["stratum", "level"], n_jobs=-1)
-    return summary[summary["pathology"] == "all"]
+    return metrics.summarise(stratified, n_boot, patients=patients, by=["stratum", "level"], n_jobs=-1)

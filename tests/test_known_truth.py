@@ -304,3 +304,18 @@ def test_twin_frame_draws_both_models_and_the_marker(marked_inputs):
     first = frame.value
     viewer.children[0].children[2].value = 3  # the image slider
     assert frame.value and frame.value != first and not plt.get_fignums()
+
+
+def test_localisation_by_use_is_reported_per_pathology_and_pooled():
+    rng = np.random.default_rng(0)
+    rows, own = [], []
+    for i in range(12):
+        for pathology in ("Edema", "Pneumothorax"):
+            rows.append((f"i{i}", pathology, "gradcam", "hit", float(rng.random() < 0.5)))
+            own.append((f"i{i}", pathology, float(i % 3)))
+    scores = pd.DataFrame(rows, columns=metrics.COLUMNS)
+    own = pd.DataFrame(own, columns=["image", "pathology", "delta"]).assign(used=lambda t: t["delta"] >= 1)
+    patients = {f"i{i}": f"p{i}" for i in range(12)}
+    by_use = known_truth.localisation_by_use(scores, own, ["hit"], 20, patients)
+    assert set(by_use["pathology"]) == {"Edema", "Pneumothorax", "all"}
+    assert set(by_use["used"]) == {True, False}

@@ -118,3 +118,21 @@ def test_overrides_replace_settings_of_the_named_profile_in_its_own_folder(runs)
         Run("smoke", device="cpu", overrides={"max_epoch": 2})
     with pytest.raises(ValueError, match="Profile object"):
         Run(config.load_profile("smoke"), device="cpu", overrides={"n_explain": 3})
+
+
+def test_a_missing_artifact_names_the_notebook_that_makes_it(runs):
+    run = Run("smoke", device="cpu")
+    with pytest.raises(FileNotFoundError, match="run notebook 05"):
+        run.table("scores")
+    with pytest.raises(FileNotFoundError, match="run notebook 06"):
+        run.table("known_truth_use")
+    made_by = {
+        name: Run._explaining_notebook(name) for name in ("lrp_z", "gradcam_4x", "eigencam", "smoothgrad", "edge")
+    }
+    assert made_by == {
+        "lrp_z": "notebook 03",
+        "gradcam_4x": "notebook 04",
+        "eigencam": "notebook 04",
+        "smoothgrad": "notebook 05",
+        "edge": "notebook 05",
+    }
