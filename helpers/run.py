@@ -496,9 +496,11 @@ class Run:
 
     @staticmethod
     def _explaining_notebook(name: str) -> str:
-        """The notebook that saves the maps of explainer ``name``."""
+        """The notebook that saves the maps of explainer ``name`` (a registered one; else the one that explains it)."""
         if name.startswith("lrp_"):
             return "notebook 03"
+        if name not in explainers.available():
+            return "the notebook that explains with it"
         return "notebook 04" if isinstance(explainers.create(name), explainers.CAM) else "notebook 05"
 
     def save_table(self, table: pd.DataFrame, name: str) -> Path:

@@ -136,3 +136,4 @@ def test_a_missing_artifact_names_the_notebook_that_makes_it(runs):
         "smoothgrad": "notebook 05",
         "edge": "notebook 05",
     }
+    assert Run._explaining_notebook("my_method") == "the notebook that explains with it"
