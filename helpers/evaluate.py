@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -65,6 +64,9 @@ def save_predictions(path: str | os.PathLike, image_ids: Sequence[str], probs: n
 
 def per_class_auroc(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """AUROC per class (NaN where a class lacks positives or negatives among unmasked rows)."""
+    # on use: scikit-learn's import (with scipy.stats, about 1 s here) would slow every kernel that loads a Run
+    from sklearn.metrics import roc_auc_score
+
     mask = np.ones_like(targets) if mask is None else mask
     scores = np.full(targets.shape[1], np.nan)
     for j in range(targets.shape[1]):
@@ -116,6 +118,8 @@ def evaluate(
 
 
 def _metric_matrix(probs, targets, mask) -> np.ndarray:
+    from sklearn.metrics import average_precision_score
+
     auroc = per_class_auroc(probs, targets, mask)
     ap = np.full_like(auroc, np.nan)
     for j in np.flatnonzero(np.isfinite(auroc)):

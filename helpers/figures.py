@@ -10,7 +10,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from helpers import labels
 from helpers.io import atomic_path
@@ -184,6 +183,8 @@ def plot_cooccurrence(frame: pd.DataFrame, reference: dict | None = None) -> plt
     if reference is not None:
         joint = np.asarray(reference["positive_cooccurrence"]["matrix"])
         panels["CheXpert train.csv"] = joint / np.diag(joint)[:, None]
+    import seaborn as sns  # on use, as below: seaborn imports scipy.stats, 1 s of every kernel's start here
+
     with paper_style():
         fig, axes = plt.subplots(1, len(panels), figsize=(TWO_COLUMN, 3.3), squeeze=False)
         for ax, (title, matrix) in zip(axes[0], panels.items()):
@@ -308,6 +309,8 @@ def plot_metric_by_pathology(
     summary: pd.DataFrame, metric_names: Sequence[str], methods: Sequence[str], titles: dict | None = None
 ) -> plt.Figure:
     """One panel per metric: mean and 95% CI per pathology (and pooled, ``all``), one colour per method."""
+    import seaborn as sns
+
     palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
     with paper_style():
         fig, axes = plt.subplots(len(metric_names), 1, figsize=(TWO_COLUMN, 1.7 * len(metric_names)), squeeze=False)
@@ -407,6 +410,8 @@ def plot_method_intervals(
 ) -> plt.Figure:
     """One panel per ``(table, title)``: each method's ``mean`` with its 95% CI (``ci_low``, ``ci_high``), one row
     per method; in a table with the column ``group`` (e.g. the model), one colour per value of it, side by side."""
+    import seaborn as sns
+
     with paper_style():
         fig, axes = plt.subplots(1, len(panels), figsize=(TWO_COLUMN, 0.3 + 0.22 * len(methods)), squeeze=False)
         for ax, (table, title) in zip(axes[0], panels):
