@@ -436,14 +436,13 @@ class Run:
         path = self.folder("baselines") / f"prior_{key}.npy"
         if path.is_file():
             return np.load(path)
-        masks = self.data().masks("train")
-        if not masks.any():
+        prior = self.data().mask_mean("train")
+        if prior is None:
             raise FileNotFoundError(
                 f"No ground-truth masks for the training split of {self.data_root}: the prior baseline needs them "
                 f"(phantom profiles have them; CheXlocalize's cover only the test images). Leave 'prior' out of "
                 f"notebook 05's baselines for this profile."
             )
-        prior = masks.mean(axis=0, dtype=np.float32)
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # np.save would append .npy to a bare path
             np.save(handle, prior)
         return prior

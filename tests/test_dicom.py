@@ -257,6 +257,33 @@ def test_transfer_syntax_pydicom_cannot_decode_names_the_file_and_the_syntax(tmp
         load_image(file, SIZE)
 
 
+def test_a_compressed_variant_the_installed_decoder_cannot_read_says_so_and_why():
+    """pydicom's 12-bit JPEG Extended file: Pillow decodes JPEG Extended but not at 12 bits. The file is sound,
+    so the message must not call it corrupt, and it keeps the plugin's reason (on the lines after the first)."""
+    file = get_testdata_file("JPEG-lossy.dcm", download=False)
+    with pytest.raises(DatasetError) as caught:
+        load_image(file, SIZE)
+    message = str(caught.value)
+    assert message.startswith("Could not decode the JPEG Extended (Process 2 and 4) pixel data (a variant no ")
+    assert f": {file} (" in message and "Corrupt" not in message
+    assert "Pillow does not support 'JPEG Extended' for samples with 12-bit precision" in message
+    assert "pylibjpeg-libjpeg" in message
+
+
+def test_a_malformed_header_value_is_a_dataset_error_naming_the_file():
+    file = get_testdata_file("badVR.dcm", download=False)  # NumberOfFrames '1A'
+    with pytest.warns(UserWarning, match="Invalid value for VR IS"):  # pydicom's own, as it reads the value
+        with pytest.raises(DatasetError, match=rf"Corrupt DICOM header: {re.escape(file)} .*'1A'"):
+            load_image(file, SIZE)
+
+
+def test_16_bit_colour_renders_as_its_8_bit_copy():
+    """pydicom's RGB test image stored with 16 and with 8 bits per sample: the same gray image."""
+    sixteen = np.asarray(load_image(get_testdata_file("SC_rgb_rle_16bit.dcm", download=False), SIZE))
+    eight = np.asarray(load_image(get_testdata_file("SC_rgb_rle.dcm", download=False), SIZE))
+    assert sixteen.std() > 10 and np.array_equal(sixteen, eight)
+
+
 def test_a_dcm_file_that_is_not_dicom_or_is_missing_names_the_file(tmp_path):
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not a DICOM file at all " * 40)

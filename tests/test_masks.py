@@ -209,6 +209,25 @@ def test_prepared_masks_read_chexlocalize_files_beside_the_phantom(small_phantom
         prepared.masks("test")
 
 
+def test_mask_mean_is_the_stacks_mean_without_the_stack(small_phantom, tmp_path, monkeypatch):
+    """The prior baseline's mean over a split: on CheXpert's training split the stack would be 113 GiB."""
+    root = shutil.copytree(small_phantom, tmp_path / "CheXpert-v1.0-small")
+    prepared = data.prepare(root, tmp_path / "cache", 32)
+    expected = prepared.masks("train").mean(axis=0, dtype=np.float64)
+    assert expected.any()
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("mask_mean built the stack")
+
+    monkeypatch.setattr(data.prepared, "mask_stack", no_stack)
+    mean = prepared.mask_mean("train")
+    assert mean.dtype == np.float32 and mean.shape == (14, 32, 32)
+    np.testing.assert_allclose(mean, expected, rtol=1e-7)
+    for file in data.mask_files(root):  # no masks at all: real CheXpert's training split with CheXlocalize's files
+        file.unlink()
+    assert prepared.mask_mean("train") is None
+
+
 def test_mask_audit_counts_each_files_entries_in_the_split_replaced_and_skipped(small_phantom, tmp_path):
     root = shutil.copytree(small_phantom, tmp_path / "CheXpert-v1.0-small")
     prepared = data.prepare(root, tmp_path / "cache", 32)

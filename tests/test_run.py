@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import config, explainers, labels
+from helpers import config, data, explainers, labels
 from helpers.run import ExplainedBatch, Run
 
 
@@ -64,7 +64,9 @@ def test_a_tiny_run_end_to_end(runs):
     assert np.array_equal(again.heatmaps(["gradcam"])["gradcam"].maps, result.maps)
     with pytest.raises(FileNotFoundError, match="03 for LRP"):
         again.heatmaps(["lrp_epsilon_plus_flat"])
-    prior = run.finding_prior()  # the prior baseline: mean training masks, cached
+    with pytest.MonkeyPatch.context() as patch:  # the prior baseline: mean training masks, cached
+        patch.setattr(data.prepared, "mask_stack", lambda *a: pytest.fail("a stack of the training split's masks"))
+        prior = run.finding_prior()
     assert prior.shape == (14, 64, 64) and prior.max() <= 1 and prior[labels.PATHOLOGIES.index("No Finding")].max() == 0
     assert np.array_equal(Run(profile, device="cpu").explainer("prior").prior, prior)
     scales = []  # the batch on a GPU is sized for the explainer's own memory needs

@@ -44,6 +44,7 @@ from helpers.data.masks import (
     map_mask,
     mask_audit,
     mask_files,
+    mask_mean,
     mask_stack,
     pathology_name,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "mask_audit",
     "load_prepared",
     "mask_files",
+    "mask_mean",
     "mask_stack",
     "patient_ids",
     "prepare",

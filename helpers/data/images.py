@@ -163,7 +163,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             header = pydicom.dcmread(path, stop_before_pixels=True, force=not _has_dicom_prefix(path))
             return int(header.Rows), int(header.Columns)
         except Exception as error:  # pydicom signals a broken header with many types, as in _read_dataset
-            raise ValueError(f"{path}: no readable DICOM Rows / Columns ({_first_line(error)})") from error
+            raise ValueError(f"{path}: no readable DICOM Rows / Columns ({_error_text(error)})") from error
     with Image.open(path) as picture:
         return picture.size[1], picture.size[0]
 
@@ -179,15 +179,31 @@ def _read_dicom(path: Path) -> Image.Image:
     dataset = _read_dataset(path)
     syntax = _check_decodable(dataset, path)
     try:
-        gray = _render_gray(dataset.pixel_array, dataset)
+        pixels = dataset.pixel_array
     except MemoryError:
         raise  # a large image on a small machine is not a corrupt file
     except Exception as error:  # pydicom signals bad pixel data with many types (ValueError, KeyError, ...)
         raise DatasetError(
-            f"Corrupt or truncated DICOM: {path} ({_first_line(error)}).{_other_decoders(syntax)} "
+            f"{_decoding_failure(syntax)}: {path} ({_error_text(error)}).{_other_decoders(syntax)} "
             f"Re-export or re-download it, or {_DROP_ROW_HINT}."
         ) from error
+    try:
+        gray = _render_gray(pixels, dataset)
+    except MemoryError:
+        raise
+    except Exception as error:  # a modality or VOI LUT the file describes wrongly
+        raise DatasetError(
+            f"DICOM whose pixels cannot be shown as stated: {path} ({_error_text(error)}). Check its rescale, "
+            f"LUT and window elements, or {_DROP_ROW_HINT}."
+        ) from error
     return Image.fromarray(gray)
+
+
+def _decoding_failure(syntax) -> str:
+    """The headline of a pixel-data error: compressed data may be sound and beyond the installed decoders."""
+    if syntax is None or not syntax.is_compressed:
+        return "Corrupt or truncated DICOM"
+    return f"Could not decode the {syntax.name} pixel data (a variant no installed decoder reads, or a corrupt file)"
 
 
 def _read_dataset(path: Path):
@@ -204,7 +220,7 @@ def _read_dataset(path: Path):
         dataset = pydicom.dcmread(path, force=not _has_dicom_prefix(path))
     except Exception as error:  # pydicom signals a broken header with many types (EOFError, struct.error, ...)
         raise DatasetError(
-            f"Corrupt or truncated DICOM header: {path} ({_first_line(error)}). Re-export or re-download it, "
+            f"Corrupt or truncated DICOM header: {path} ({_error_text(error)}). Re-export or re-download it, "
             f"or {_DROP_ROW_HINT}."
         ) from error
     if "TransferSyntaxUID" not in dataset.file_meta:
@@ -229,8 +245,14 @@ def _check_decodable(dataset, path: Path):
             f"DICOM without pixel data: {path} holds no image (a report, a presentation state, a file cut "
             f"short, or not DICOM at all). Point the CSV at the image itself, or {_DROP_ROW_HINT}."
         )
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
+    try:
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
+    except Exception as error:  # a malformed value (e.g. NumberOfFrames '1A'), raised as pydicom converts it
+        raise DatasetError(
+            f"Corrupt DICOM header: {path} has an unreadable NumberOfFrames or PhotometricInterpretation "
+            f"({_error_text(error)}). Re-export or re-download it, or {_DROP_ROW_HINT}."
+        ) from error
     if frames > 1 or photometric not in _DICOM_GRAY + _DICOM_COLOUR:
         raise DatasetError(
             f"Unsupported DICOM image: {path} has {frames} frame(s) in {photometric or 'no'} photometric "
@@ -286,6 +308,9 @@ def _render_gray(pixels: np.ndarray, dataset) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     if dataset.PhotometricInterpretation in _DICOM_COLOUR:
+        if pixels.dtype != np.uint8:  # 16-bit colour: Pillow converts 8-bit RGB only
+            top = 2 ** int(dataset.get("BitsStored") or 8 * pixels.itemsize) - 1
+            pixels = np.round(pixels.astype(np.float64) * (255 / top)).clip(0, 255).astype(np.uint8)
         return np.asarray(Image.fromarray(pixels).convert("L"))
     shown, black, white = _apply_voi(apply_modality_lut(pixels, dataset), dataset)
     gray = _scale_to_uint8(shown, black, white)
@@ -314,9 +339,11 @@ def _apply_voi(values: np.ndarray, dataset) -> tuple[np.ndarray, float, float]:
     return values, values.min(), values.max()
 
 
-def _first_line(error: Exception) -> str:
-    """An exception's message, first line only (pydicom's run over several), for an error that quotes it."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _error_text(error: Exception) -> str:
+    """An exception's message on one line, for an error that quotes it: its first line, and the lines after it
+    where the first announces them (pydicom's "exceptions were raised by all available plugins:")."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    return " ".join(lines) if lines[0].endswith(":") else lines[0]
 
 
 def audit_images(frame: pd.DataFrame, root: str | os.PathLike, size: int = 32) -> pd.DataFrame:

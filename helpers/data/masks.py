@@ -292,13 +292,33 @@ def mask_stack(
         If a mask's pathology name is unknown (instead of silently dropping it).
     """
     stack = np.zeros((len(ids), len(pathologies), size, size), dtype=bool)
+    for i, j, mask in _placed_masks(masks, ids, size, pathologies):
+        stack[i, j] = mask
+    return stack
+
+
+def mask_mean(
+    masks: Mapping[str, Mapping[str, np.ndarray]],
+    ids: Sequence[str],
+    size: int,
+    pathologies: Sequence[str] = labels.PATHOLOGIES,
+) -> np.ndarray | None:
+    """``mask_stack(masks, ids, size, pathologies).mean(axis=0)`` as float32, without the stack (its memory
+    grows with the images, this with the masks); None where no image has a mask."""
+    counts = np.zeros((len(pathologies), size, size), dtype=np.int64)
+    for _, j, mask in _placed_masks(masks, ids, size, pathologies):
+        counts[j] += mask
+    return (counts / len(ids)).astype(np.float32) if counts.any() else None
+
+
+def _placed_masks(masks, ids, size, pathologies):
+    """``(image row, pathology row, mask mapped to size)`` of every non-empty mask of ``ids``."""
     rows = {name: j for j, name in enumerate(pathologies)}
     for i, image_id in enumerate(ids):
         for key, mask in masks.get(image_id, {}).items():
             name = _known_name(f"masks[{image_id!r}]", key)
             if name in rows and mask.any():
-                stack[i, rows[name]] = map_mask(mask, size)
-    return stack
+                yield i, rows[name], map_mask(mask, size)
 
 
 def mask_audit(files: Sequence[str | os.PathLike], image_ids: Sequence[str]) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from helpers.data.chexpert import (
 )
 from helpers.data.datasets import ChestXrayDataset, to_model_input
 from helpers.data.images import image_size, resolve_image_path
-from helpers.data.masks import load_masks, mask_audit, mask_files, mask_stack
+from helpers.data.masks import load_masks, mask_audit, mask_files, mask_mean, mask_stack
 from helpers.data.policy import apply_policy
 from helpers.io import atomic_path
 
@@ -144,6 +144,17 @@ class PreparedData:
         of a masks file that are not in this split are an audited skip, and an image with entries in two files
         takes the later file's (files in name order): :meth:`mask_audit` counts both.
         """
+        ids, masks, size = self._split_masks(name, size)
+        return mask_stack(masks, ids, size)
+
+    def mask_mean(self, name: str, size: int | None = None) -> np.ndarray | None:
+        """The mean of :meth:`masks` over a split's images, float32 ``(14, size, size)``, made without their
+        stack (CheXpert's training split would need 113 GiB of it at 224 px); None where no image has a mask."""
+        ids, masks, size = self._split_masks(name, size)
+        return mask_mean(masks, ids, size)
+
+    def _split_masks(self, name: str, size: int | None) -> tuple[list[str], dict, int]:
+        """A split's image ids, the masks of those that have some (mapped to ``size``), and ``size``."""
         if not self.root.is_dir():  # masks would silently be empty: the folder the cache was made from is gone
             raise FileNotFoundError(
                 f"The data folder these images were prepared from is gone: {self.root}. Its masks are read from there; "
@@ -156,7 +167,7 @@ class PreparedData:
         merged: dict = {}
         for file in mask_files(self.root):
             merged.update(load_masks(file, ids, size=size, image_sizes=image_sizes))  # mapped at once: bounded memory
-        return mask_stack(merged, ids, size)
+        return ids, merged, size
 
     def mask_audit(self, name: str) -> pd.DataFrame:
         """Per masks file in the data folder: its entries for this split's images and those skipped
