@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # the study alone (`make run`, `make seeds`, `make report`, `make lab`): the project without its dev extras
 RUN_STAMP := $(VENV)/.installed-run
 PROFILE ?= default
+# where runs land: CHEXPLAIN_RUNS_DIR, as the notebooks read it (a relative one from here), else runs/
+RUNS := $(or $(CHEXPLAIN_RUNS_DIR),runs)
 # extra papermill arguments for every notebook, e.g. PARAMS='-p n_sanity 4'
 PARAMS ?=
 # extra papermill arguments of the seed runs (by default none: each seed runs the whole study, as `make run`)
@@ -36,19 +38,19 @@ $(STAMP): $(RUN_STAMP)
 install: $(STAMP) ## Create .venv (if missing) and install the project with its dev extras (`make run` needs none)
 
 run: $(RUN_STAMP) ## Run the notebooks in order (PROFILE=default); everything lands in runs/<profile>/, no tracked file changes
-	mkdir -p runs/$(PROFILE)/notebooks
+	mkdir -p $(RUNS)/$(PROFILE)/notebooks
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
 	  CHEXPLAIN_PROFILE=$(PROFILE) $(BIN)/papermill --cwd notebooks --progress-bar $$nb \
-	    runs/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE) --start-timeout 600 $(PARAMS); \
+	    $(RUNS)/$(PROFILE)/notebooks/$$(basename $$nb) -p profile_name $(PROFILE) --start-timeout 600 $(PARAMS); \
 	done
 
 seeds: $(RUN_STAMP) ## The study over training seeds: default-seed1 and -seed2 beside `make run`'s default, then the seed table
-	@test -f runs/$(PROFILE)/metrics/summary.csv || { echo "No runs/$(PROFILE)/metrics/summary.csv: run 'make run' first."; exit 1; }
+	@test -f $(RUNS)/$(PROFILE)/metrics/summary.csv || { echo "No $(RUNS)/$(PROFILE)/metrics/summary.csv: run 'make run' first."; exit 1; }
 	@# one after the other: two studies side by side (one thread each) twice hung in notebook 03's viewer cell,
 	@# papermill waiting on an idle kernel
 	set -e; for seed in 1 2; do \
-	  $(MAKE) run PROFILE=$(PROFILE)-seed$$seed PARAMS="$(SEED_PARAMS)" > runs/seed$$seed.log 2>&1; \
+	  $(MAKE) run PROFILE=$(PROFILE)-seed$$seed PARAMS="$(SEED_PARAMS)" > $(RUNS)/seed$$seed.log 2>&1; \
 	done
 	$(BIN)/python -m helpers.report seeds $(PROFILE) $(PROFILE)-seed1 $(PROFILE)-seed2
 
@@ -59,10 +61,10 @@ report: $(RUN_STAMP) ## A self-contained HTML viewer of a run's heatmaps, no ker
 	$(BIN)/python -m helpers.report viewer $(PROFILE)
 
 publish: ## Copy the default run's figures and tables into the committed figures/ (a person decides when)
-	@test -d runs/default/figures || { echo "No runs/default/figures: run 'make run' first."; exit 1; }
-	cp runs/default/figures/fig*_*.pdf runs/default/figures/fig*_*.png runs/default/figures/table*_* figures/
-	if ls runs/default/metrics/seeds_*.csv >/dev/null 2>&1; then cp runs/default/metrics/seeds_*.csv figures/; fi
-	@echo "figures/ updated from runs/default/figures; review with 'git diff --stat figures' before committing."
+	@test -d $(RUNS)/default/figures || { echo "No $(RUNS)/default/figures: run 'make run' first."; exit 1; }
+	cp $(RUNS)/default/figures/fig*_*.pdf $(RUNS)/default/figures/fig*_*.png $(RUNS)/default/figures/table*_* figures/
+	if ls $(RUNS)/default/metrics/seeds_*.csv >/dev/null 2>&1; then cp $(RUNS)/default/metrics/seeds_*.csv figures/; fi
+	@echo "figures/ updated from $(RUNS)/default/figures; review with 'git diff --stat figures' before committing."
 
 test: $(STAMP) lint ## Lint, unit tests, every notebook in the smoke profile, then the browser test
 	CHEXPLAIN_PROFILE=smoke $(BIN)/pytest tests notebooks -m "not e2e" --nbmake --nbmake-timeout=1200 --durations=12

@@ -10,6 +10,7 @@ modules add no ``state_dict`` keys: torchvision checkpoints and ImageNet weights
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import re
 from pathlib import Path
@@ -220,8 +221,10 @@ def _imagenet_state_dict(arch: str, weights) -> dict:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"Weights file not found: {path}.")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _read_weights_file(path, arch)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[arch]
+    if cached.is_file():  # what torchvision would read; a broken one is a broken file, not a network problem
+        return _read_weights_file(cached, arch)
     try:
         return IMAGENET_WEIGHTS[arch].get_state_dict(progress=False)
     except (OSError, RuntimeError) as error:  # URLError is an OSError: offline
@@ -229,6 +232,18 @@ def _imagenet_state_dict(arch: str, weights) -> dict:
             f"Could not load ImageNet weights for {arch} ({error}). This machine seems offline. Download "
             f"{IMAGENET_WEIGHTS[arch].url} elsewhere and either put it at {cached} or pass its path: "
             f"build_model({arch!r}, weights='/path/to/{IMAGENET_FILES[arch]}')."
+        ) from error
+
+
+def _read_weights_file(path: Path, arch: str) -> dict:
+    """A state dict file's tensors; a file torch cannot read (cut short, not a checkpoint) is an error naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"Corrupt or unreadable weights file {path} ({reason}). Delete it and download "
+            f"{IMAGENET_WEIGHTS[arch].url} again."
         ) from error
 
 

@@ -26,8 +26,13 @@ CHEXPERT_STATS_JSON = RESOURCES_DIR / "chexpert_stats.json"
 
 
 def runs_root() -> Path:
-    """Folder holding one run folder per profile (``CHEXPLAIN_RUNS_DIR`` overrides ``<repo>/runs``)."""
-    return Path(os.environ.get("CHEXPLAIN_RUNS_DIR", PROJECT_ROOT / "runs")).resolve()
+    """Folder holding one run folder per profile (``CHEXPLAIN_RUNS_DIR`` overrides ``<repo>/runs``).
+
+    ``~`` is expanded and a relative value is taken from the repository (as the Makefile does), not from each
+    process's working directory: papermill runs the notebooks in ``notebooks/``. An empty value counts as unset.
+    """
+    chosen = os.environ.get("CHEXPLAIN_RUNS_DIR") or PROJECT_ROOT / "runs"
+    return (PROJECT_ROOT / Path(chosen).expanduser()).resolve()
 
 
 def run_dir(profile: Profile | str) -> Path:

@@ -46,6 +46,15 @@ def test_label_outside_allowed_codes_names_column_value_and_line(small_phantom, 
         data.read_chexpert_csv(path)
 
 
+def test_a_view_spelled_otherwise_names_column_value_and_line(small_phantom, tmp_path):
+    """Another spelling would leave no frontal image, and an empty split, without a word."""
+    frame = pd.read_csv(small_phantom / "train.csv")
+    frame.loc[2, "Frontal/Lateral"] = "FRONTAL"
+    path = _write_csv(tmp_path / "train.csv", frame)
+    with pytest.raises(data.DatasetError, match=r"'Frontal/Lateral' holds \['FRONTAL'\] on line\(s\) \[4\]"):
+        data.read_chexpert_csv(path)
+
+
 def test_labels_keep_their_four_codes(small_phantom):
     frame = data.read_chexpert_csv(small_phantom / "train.csv")
     values = frame[list(labels.PATHOLOGIES)].to_numpy()
@@ -228,6 +237,14 @@ def test_load_prepared_at_another_size_names_the_missing_cache(small_phantom, tm
     data.prepare(small_phantom, tmp_path / "cache", 32, seed=0)
     with pytest.raises(FileNotFoundError, match=r"at 48 px .*train_48\.npy.* missing.*01_prepare_data"):
         data.load_prepared(tmp_path / "cache", 48)
+
+
+def test_a_split_whose_every_image_is_skipped_stops_the_preparation(phantom_copy, tmp_path):
+    """on_bad='skip' drops bad images; a split with none left is a layout problem (paths leading elsewhere)."""
+    for path in pd.read_csv(phantom_copy / "valid.csv")["Path"]:
+        data.resolve_image_path(phantom_copy, path).unlink()
+    with pytest.raises(data.DatasetError, match=r"Every image of the test split was skipped \(\d+ rows\), e\.g\. .*"):
+        data.prepare(phantom_copy, tmp_path / "cache", 32, on_bad="skip")
 
 
 def test_an_interrupted_preparation_is_not_read_beside_the_earlier_index(small_phantom, tmp_path, monkeypatch):

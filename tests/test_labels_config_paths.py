@@ -50,6 +50,23 @@ def test_paths_come_from_the_package_and_runs_dir_is_per_profile(monkeypatch, tm
     assert paths.FIGURES_DIR == paths.PROJECT_ROOT / "figures"
 
 
+@pytest.mark.parametrize("value", ["", "~/chexplain-runs", "elsewhere/runs"], ids=["empty", "home", "relative"])
+def test_runs_dir_does_not_depend_on_the_working_directory(monkeypatch, tmp_path, value):
+    """papermill runs the notebooks in notebooks/, the Makefile and scripts in the repository: one folder for all."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CHEXPLAIN_RUNS_DIR", value)
+    expected = {
+        "": paths.PROJECT_ROOT / "runs",
+        "~/chexplain-runs": tmp_path / "chexplain-runs",
+        "elsewhere/runs": paths.PROJECT_ROOT / "elsewhere" / "runs",
+    }[value]
+    seen = set()
+    for folder in (paths.PROJECT_ROOT, paths.NOTEBOOKS_DIR, tmp_path):
+        monkeypatch.chdir(folder)
+        seen.add(paths.runs_root())
+    assert seen == {expected.resolve()}
+
+
 def test_profiles_keep_their_settings():
     smoke, default, paper = (config.PROFILES[name] for name in ("smoke", "default", "paper"))
     assert (smoke.image_size, smoke.n_train, smoke.n_valid, smoke.n_explain, smoke.n_boot) == (64, 240, 80, 4, 50)

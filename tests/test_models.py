@@ -100,6 +100,21 @@ def test_weights_of_another_network_name_the_file(tmp_path):
         models.build_model("densenet121", weights=tmp_path / "renamed.pth")
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04 a zip cut short"], ids=["bytes", "zip"])
+def test_a_corrupt_weights_file_is_named_with_what_to_do(tmp_path, monkeypatch, content):
+    """Passed as a path, or left broken in torch.hub's cache (where it is not a network problem)."""
+    file = tmp_path / "densenet121-a639ec97.pth"
+    file.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"Corrupt or unreadable weights file {re.escape(str(file))} .*Delete it"):
+        models.build_model("densenet121", weights=file)
+    cached = tmp_path / "hub" / "checkpoints" / file.name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(content)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(ValueError, match=rf"Corrupt or unreadable weights file {re.escape(str(cached))} .*download"):
+        models.build_model("densenet121", weights="imagenet")
+
+
 def test_offline_message_names_the_file_torch_hub_looks_for():
     assert models.IMAGENET_FILES == {"densenet121": "densenet121-a639ec97.pth", "resnet50": "resnet50-0676ba61.pth"}
 

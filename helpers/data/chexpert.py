@@ -12,6 +12,8 @@ import pandas as pd
 from helpers import labels
 
 _PATIENT = re.compile(r"(patient\d+)")
+#: The values of the "Frontal/Lateral" column.
+VIEWS = ("Frontal", "Lateral")
 
 
 class DatasetError(ValueError):
@@ -68,6 +70,15 @@ def read_chexpert_csv(path: str | os.PathLike) -> pd.DataFrame:
     if frame["Path"].isna().any():
         rows = (frame.index[frame["Path"].isna()] + 2).tolist()[:5]
         raise DatasetError(f"{path}: blank Path on line(s) {rows}; every row needs an image path.")
+    views = frame["Frontal/Lateral"]
+    bad_view = ~views.isin(VIEWS)
+    if bad_view.any():  # another spelling would silently leave no frontal image (frontal_only)
+        lines = (frame.index[bad_view] + 2).tolist()[:5]
+        found = sorted(map(str, views[bad_view].unique()))[:5]
+        raise DatasetError(
+            f"{path}: column 'Frontal/Lateral' holds {found} on line(s) {lines}; allowed are {list(VIEWS)} "
+            f"(CheXpert's spelling). Fix or drop those rows."
+        )
     for name in labels.PATHOLOGIES:
         frame[name] = _validated_label_column(frame[name], name, path)
     return frame

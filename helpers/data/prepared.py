@@ -241,6 +241,12 @@ def prepare(
         images[name], kept_rows, skipped_rows = build_image_cache(
             rows, root, size, Path(cache_dir) / f"{name}_{size}.npy", on_bad=on_bad
         )
+        if len(rows) and not len(kept_rows):  # a layout or format problem, not bad images: stop before training
+            first = skipped_rows.iloc[0]
+            raise DatasetError(
+                f"Every image of the {name} split was skipped ({len(rows)} rows), e.g. {first['Path']}: "
+                f"{first['problem']} Check that the CSV's paths lead into {root}."
+            )
         kept.append(kept_rows)
         skipped.append(skipped_rows.assign(split=name))
     index = pd.concat(kept, ignore_index=True)
