@@ -459,14 +459,17 @@ class Run:
             same_settings = saved.params.get("default_settings", True)  # maps saved before it was recorded: yes
             if saved.image_ids == self.explained().image_ids and self._made_by_this_model(saved) and same_settings:
                 return saved
-        default_settings = isinstance(explainer, str) and not overrides
+        default_settings = isinstance(explainer, str)
         if isinstance(explainer, str):
-            explainer = self.explainer(explainer, **overrides)
+            name, explainer = explainer, self.explainer(explainer, **overrides)
+            # an override that restates a default (canonization="full") keeps the maps the method's own
+            default_settings = not overrides or explainer.params == self.explainer(name).params
         batch = self.explained()
         model, meta = self.model()
         result = explainer.explain(model, batch.inputs, image_ids=batch.image_ids)
         result.params["model"] = model_identity(meta)  # saved maps of a model trained again since are stale
         result.params["default_settings"] = default_settings  # saved under the same name: reuse needs to know
+        result.params["overrides"] = dict(overrides)
         result.save(self.heatmap_path(result.method))
         return result
 
@@ -490,6 +493,14 @@ class Run:
                 raise ValueError(
                     f"{self.heatmap_path(name)} was made by another model than this run's (trained again since); "
                     f"rerun {self._explaining_notebook(name)} with profile {self.profile.name!r}."
+                )
+            if not heatmaps.params.get("default_settings", True):
+                # the steps that explain again (sanity checks, class leakage, shortcut maps) use the defaults
+                raise ValueError(
+                    f"{self.heatmap_path(name)} holds maps made with settings other than {name!r}'s defaults "
+                    f"({heatmaps.params.get('overrides') or 'an explainer object'}); notebooks 05 and 06 explain "
+                    f"with the defaults again, and the two would not be the same method. Rerun "
+                    f"{self._explaining_notebook(name)} with its default parameters (e.g. canonization = None)."
                 )
         return sets
 

@@ -91,7 +91,12 @@ def test_a_tiny_run_end_to_end(runs):
     assert np.array_equal(run.explain("random", reuse=True).maps, default.maps)
     other = run.explain("random", seed=5)
     assert not np.array_equal(other.maps, default.maps)
+    with pytest.raises(ValueError, match=r"random\.npz holds maps made with settings other than 'random'.*'seed': 5"):
+        run.heatmaps(["random"])  # 05 and 06 would explain again with the defaults: two methods under one name
     assert np.array_equal(run.explain("random", reuse=True).maps, default.maps)
+    assert run.heatmaps(["random"])
+    run.explain("random", seed=run.explainer("random").params["seed"])  # the default, restated
+    assert run.heatmaps(["random"])
 
 
 def test_balanced_pairs_take_the_findings_in_turns_one_pair_per_image():

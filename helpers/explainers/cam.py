@@ -102,7 +102,7 @@ class CAM(Explainer):
 for _method in METHODS:
     register(_method, functools.partial(CAM, method=_method, allow_slow=_method in SLOW_METHODS))
 
-#: Grad-CAM at deeper layers, for granularity at matched native resolution (maps of 2x and 4x the head's side).
+#: Grad-CAM at earlier layers, for granularity at matched native resolution (maps of 2x and 4x the head's side).
 for _layer in ("2x", "4x"):
     register(f"gradcam_{_layer}", functools.partial(CAM, method="gradcam", layer=_layer))
 
