@@ -40,7 +40,7 @@ METHODS = {
     "scorecam": "ScoreCAM",
 }
 #: Methods with the one-forward-pass path: Grad-CAM at any layer, HiResCAM at the head only (after an average-pooling
-#: head the gradient is the same at every position, so the two maps are the same; at a deeper layer they differ).
+#: head the gradient is the same at every position, so the two maps are the same; at an earlier layer they differ).
 FAST_METHODS = ("gradcam", "hirescam")
 #: Methods whose map ignores the target class (the first principal component of the activations). ScoreCAM also
 #: reads no gradient, but weighs channels by the class's score.
