@@ -22,7 +22,7 @@ export PYTHONDONTWRITEBYTECODE :=
 .PHONY: help install run seeds results report publish test e2e unit lint format lab bench bench-gpu clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -96,3 +96,5 @@ bench-gpu: $(STAMP) ## The paper profile on a GPU, per notebook and step, then n
 
 clean: ## Remove run folders (data caches, checkpoints, executed notebooks); keeps .venv
 	rm -rf runs
+	@# a folder named by CHEXPLAIN_RUNS_DIR may hold other things too: not removed wholesale
+	@if [ "$(RUNS)" != runs ]; then echo "CHEXPLAIN_RUNS_DIR is set: remove the run folders in $(RUNS) yourself ($(RUNS)/<profile>)."; fi

@@ -407,6 +407,7 @@ def notebooks_by_papermill(run: Run, timer: Timer, overrides: dict) -> None:
     import papermill  # only here: the GPU machines need it brought as a wheel
 
     shutil.rmtree(run.shuffled_model_dir)
+    os.environ["PYTHONPATH"] = absolute_python_path(os.environ.get("PYTHONPATH", ""))
     out = run.folder("bench_notebooks")
     parameters = {"profile_name": run.profile.name, "profile_overrides": overrides}
     images = len(run.explained())
@@ -420,6 +421,12 @@ def notebooks_by_papermill(run: Run, timer: Timer, overrides: dict) -> None:
                 progress_bar=False,
             )
         print(cell_breakdown(out / notebook, timer.rows[-1]["seconds"]), flush=True)
+
+
+def absolute_python_path(python_path: str) -> str:
+    """``PYTHONPATH`` with every entry absolute: the kernels start in ``notebooks/``, where the GPU recipe's relative
+    ``.site`` (the packages brought as wheels) and ``.`` (``helpers``) would name other folders."""
+    return os.pathsep.join(str(Path(entry).resolve()) for entry in python_path.split(os.pathsep) if entry)
 
 
 #: Source text that marks a cell as drawing: a saved figure or an interactive viewer.

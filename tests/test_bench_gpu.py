@@ -188,3 +188,10 @@ def test_the_benchmark_refuses_a_run_folder_that_would_load_instead_of_train(ben
     (run.model_dir / "best.pt").write_bytes(b"a finished run")
     with pytest.raises(SystemExit, match=r"times a fresh run, but .*model already hold.*CHEXPLAIN_RUNS_DIR"):
         bench.paper_run(args)
+
+
+def test_the_kernels_get_the_packages_of_a_relative_python_path(bench, tmp_path, monkeypatch):
+    """The GPU recipe sets PYTHONPATH=.site:. in the repository; papermill starts the kernels in notebooks/."""
+    monkeypatch.chdir(tmp_path)
+    assert bench.absolute_python_path(".site::.") == f"{tmp_path / '.site'}:{tmp_path}"
+    assert bench.absolute_python_path("/opt/site") == "/opt/site" and bench.absolute_python_path("") == ""

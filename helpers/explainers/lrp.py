@@ -127,7 +127,7 @@ class LRP(Explainer):
 
     signed = True
     #: The heaviest composite's peak over EpsilonPlusFlat's, with a margin: 1.38 measured for LRP-0 and LRP-epsilon
-    #: (their default canonization keeps the BatchNorm layers), at most 1.17 for the others, on DenseNet-121 at
+    #: (both composites put rules on the BatchNorm layers), at most 1.17 for the others, on DenseNet-121 at
     #: 224 px (``benchmarks/bench_explainer_memory.py``).
     memory_scale = 1.5
 
