@@ -79,7 +79,8 @@ def results_markdown(run: Run) -> str:
         _markdown(pooled_with_differences(summary, versus_reference, ["hit", "mass_accuracy", "iou"], methods)),
         "**Granularity against the ground truth** (paired differences, method minus Grad-CAM at the named layer, "
         "Holm-corrected over the table's family, which also counts the resolution in px and the Gini index: gap = "
-        "resolution gap to the mask in px, lower is better; F1 = "
+        "resolution gap to the mask in px, lower is better, over the maps that are not flat (a flat map, e.g. a "
+        "Grad-CAM map all zero after its ReLU, has no resolution and leaves the gap's pairs); F1 = "
         "boundary F-score and sep. = separation of two findings, higher is better):",
         _markdown(_granularity_rows(granularity)),
         "**Sanity** (model randomisation; `passes` is decided on the sign-insensitive similarity):",
