@@ -459,7 +459,7 @@ class Run:
             same_settings = saved.params.get("default_settings", True)  # maps saved before it was recorded: yes
             if saved.image_ids == self.explained().image_ids and self._made_by_this_model(saved) and same_settings:
                 return saved
-        default_settings = isinstance(explainer, str)
+        default_settings = False  # an explainer object: its settings are its own
         if isinstance(explainer, str):
             name, explainer = explainer, self.explainer(explainer, **overrides)
             # an override that restates a default (canonization="full") keeps the maps the method's own
