@@ -79,21 +79,27 @@ def paper_style():
         matplotlib.interactive(interactive)
 
 
+#: ``savefig``'s options per file: the PDF without a creation date (same figure, same bytes); the PNG at zlib's
+#: fastest level, lossless like any other: a 24-panel gallery of 224 px maps encoded in 0.6 s instead of 2.3 s
+#: at Pillow's default level 6, the file 10% larger (the 2-core CI machine; plots of lines and bars alike).
+SAVE_OPTIONS = {"pdf": {"metadata": {"CreationDate": None}}, "png": {"pil_kwargs": {"compress_level": 1}}}
+
+
 def save_figure(fig: plt.Figure, number: int, slug: str, folder: str | Path) -> list[Path]:
     """Write ``figN_<slug>.pdf`` and ``.png`` (300 dpi) atomically; returns both paths.
 
     Both files are cropped to one tight bounding box, measured once: ``savefig``'s own ``bbox_inches="tight"``
     draws the whole figure once more per file only to measure it (a 24-panel gallery saved in 1.9 s instead of
-    2.6-3.6 s on the 2-core CI machine).
+    2.6-3.6 s on the 2-core CI machine), and the layout already made is not made again while saving.
     """
     written = []
-    with paper_style():
+    _without_ligatures(fig)
+    with paper_style(), _layout_already_made(fig):
         crop = _tight_box(fig)
-        for suffix in ("pdf", "png"):
+        for suffix, options in SAVE_OPTIONS.items():
             target = Path(folder) / f"fig{number}_{slug}.{suffix}"
-            metadata = {"CreationDate": None} if suffix == "pdf" else {}  # same figure, same bytes
             with atomic_path(target) as tmp:
-                fig.savefig(tmp, format=suffix, metadata=metadata, bbox_inches=crop)
+                fig.savefig(tmp, format=suffix, bbox_inches=crop, **options)
             written.append(target)
     return written
 
@@ -126,6 +132,44 @@ def _in_kernel() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _without_ligatures(fig: plt.Figure) -> None:
+    """Set OpenType ligatures off in every text of ``fig`` that has no font features of its own.
+
+    matplotlib 3.11 shapes text, so "fl" in ``lrp_epsilon_plus_flat`` became a ligature glyph; earlier versions
+    never drew one. The PDF then embedded a second subset of the font for those glyphs alone, which fontTools
+    makes again from the whole font file: 0.2-0.4 s more per file on the 2-core CI machine. Labels read as
+    typed, in both files.
+    """
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        if hasattr(text, "set_fontfeatures") and text.get_fontfeatures() is None:
+            text.set_fontfeatures(["-liga"])
+
+
+@contextlib.contextmanager
+def _layout_already_made(fig: plt.Figure):
+    """Detach, while saving, the placeholder layout engine that ``tight_layout`` leaves on a figure.
+
+    With any layout engine ``savefig`` first draws the whole figure without output, so that the engine can lay
+    it out, then draws it into the file: the placeholder lays out nothing, and that first draw still resampled
+    every image (0.3-0.5 s a file for a 24-panel gallery of 224 px maps on the 2-core CI machine). The files are
+    the same bytes. A working engine (constrained layout) is left in place.
+    """
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+    engine = fig.get_layout_engine()
+    if not isinstance(engine, PlaceHolderLayoutEngine):
+        yield
+        return
+    with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)  # with those settings None is no engine, not the one they name
+    try:
+        yield
+    finally:
+        fig.set_layout_engine(engine)
 
 
 def _tight_box(fig: plt.Figure):

@@ -14,6 +14,9 @@ leaves alone any that a version lacks.
 
 from __future__ import annotations
 
+import atexit
+import gc
+import types
 from multiprocessing import forkserver
 from multiprocessing import resource_tracker as multiprocessing_tracker
 
@@ -33,12 +36,37 @@ def release_worker_pools() -> None:
     if executor is not None:
         # joblib's MemmappingExecutor: terminate() waits for the workers to stop, then deletes its memmap folders
         (getattr(executor, "terminate", None) or executor.shutdown)()
+    tracker = getattr(loky_tracker, "_resource_tracker", None)
+    if getattr(tracker, "_pid", None) is not None:  # joblib ran a pool: it may have left folders registered
+        _run_memmap_folder_finalizers()
     servers = (
         getattr(forkserver, "_forkserver", None),
-        getattr(loky_tracker, "_resource_tracker", None),
+        tracker,
         getattr(multiprocessing_tracker, "_resource_tracker", None),
     )
     for server in servers:
         stop = getattr(server, "_stop", None)
         if stop is not None:
             stop()
+
+
+#: The exit finalizer joblib registers (``atexit``) for each memory-map folder name it registers with its tracker
+_FOLDER_FINALIZER = "TemporaryResourcesManager.register_folder_finalizer.<locals>._cleanup"
+
+
+def _run_memmap_folder_finalizers() -> None:
+    """Run now, once, the exit finalizers of joblib's memory-map folders, so that its tracker stops with nothing
+    registered.
+
+    joblib (1.6; its issue #1620) registers a folder name with its resource tracker for every ``Parallel`` call,
+    with a finalizer run at exit, but creates the folder only when an argument is large enough to be
+    memory-mapped; a call that reuses the workers registers one more, for a manager it then discards.
+    ``terminate`` unregisters only the folders that exist, so the tracker, stopped before the exit, would warn of
+    "leaked folder objects", and the finalizers would start a new tracker at exit. Each finalizer deletes its
+    folder if there is one (the workers have stopped: nothing maps a file in it) and unregisters it; the discarded
+    managers keep no reference to theirs, hence the search of the collector's objects (about 0.2 s).
+    """
+    for cleanup in gc.get_objects():
+        if type(cleanup) is types.FunctionType and cleanup.__qualname__ == _FOLDER_FINALIZER:
+            cleanup()
+            atexit.unregister(cleanup)

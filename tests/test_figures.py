@@ -59,6 +59,44 @@ def test_save_figure_crops_both_files_as_matplotlibs_own_tight_box(tmp_path):
     assert figures._tight_box(bare) == "tight"
 
 
+def test_save_figure_embeds_one_font_subset_without_ligatures(tmp_path):
+    """matplotlib 3.11 shapes "fl" and "ffl" into ligature glyphs, which the PDF embedded as a second subset of
+    the font; a text with its own features keeps them."""
+    fig, ax = plt.subplots(figsize=(figures.ONE_COLUMN, 1))
+    ax.set_title("lrp_epsilon_plus_flat, shuffled labels")
+    kept = ax.set_xlabel("x", fontfeatures=["liga"]) if hasattr(ax.title, "set_fontfeatures") else None
+    pdf, _ = figures.save_figure(fig, 1, "ligatures", tmp_path)
+    assert pdf.read_bytes().count(b"/FontFile2") == 1
+    if kept is not None:
+        assert ax.title.get_fontfeatures() == ("-liga",) and kept.get_fontfeatures() == ("liga",)
+
+
+def test_save_figure_draws_each_file_once_and_writes_the_same_bytes(tmp_path, monkeypatch):
+    """``tight_layout`` leaves a placeholder layout engine, with which ``savefig`` drew the figure (resampling
+    every image) once more before drawing it into the file: detached while saving, put back after."""
+    from matplotlib.image import AxesImage
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+    fig, axes = plt.subplots(1, 2, figsize=(figures.ONE_COLUMN, 1.2))
+    for ax in axes:
+        ax.imshow(np.random.default_rng(0).random((32, 32)))
+    fig.tight_layout()
+    engine = fig.get_layout_engine()
+    assert isinstance(engine, PlaceHolderLayoutEngine)
+    with figures.paper_style():
+        crop = figures._tight_box(fig)
+        plain = {fmt: tmp_path / f"plain.{fmt}" for fmt in ("pdf", "png")}
+        for fmt, path in plain.items():
+            fig.savefig(path, bbox_inches=crop, **figures.SAVE_OPTIONS[fmt])
+    resampled = []
+    make_image = AxesImage.make_image
+    monkeypatch.setattr(AxesImage, "make_image", lambda self, *a, **k: resampled.append(1) or make_image(self, *a, **k))
+    pdf, png = figures.save_figure(fig, 1, "once", tmp_path)
+    assert len(resampled) == 2 * 2, "each of the 2 images once per file"
+    assert fig.get_layout_engine() is engine
+    assert pdf.read_bytes() == plain["pdf"].read_bytes() and png.read_bytes() == plain["png"].read_bytes()
+
+
 def test_save_table_writes_csv_and_booktabs_latex(tmp_path):
     table = pd.DataFrame({"method": ["gradcam", "lrp_z"], "hit": [0.5, np.nan]})
     csv, tex = figures.save_table(table, tmp_path, "table1_x", caption="A caption")

@@ -7,7 +7,7 @@ import sys
 
 #: Runs in a fresh interpreter, so that no other test's pools are this process's children.
 SCRIPT = """
-import glob, json, multiprocessing, os, tempfile
+import atexit, glob, json, multiprocessing, os, tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -28,11 +28,14 @@ def memmap_folders():
 
 
 def use_pools():
+    # small arguments: joblib registers a memory-map folder it never creates
+    signs = Parallel(n_jobs=2)(delayed(abs)(x) for x in (-1, -2))
     big = np.ones(500_000)  # 4 MB: joblib hands it to the workers as a memory map in a temporary folder
+    # reuses the workers, and registers one more folder (joblib's issue #1620)
     totals = Parallel(n_jobs=2)(delayed(np.sum)(big) for _ in range(4))
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as pool:
         absolute = list(pool.map(abs, [-1, -2]))
-    return [float(t) for t in totals], absolute
+    return [float(t) for t in totals], signs, absolute
 
 
 report = {"first": use_pools(), "children_before": children(), "folders_before": len(memmap_folders())}
@@ -42,6 +45,8 @@ report["again"] = use_pools()
 release_worker_pools()
 release_worker_pools()  # nothing left to stop: no error
 report["children_end"] = children()
+atexit._run_exitfuncs()  # what the interpreter runs at exit: no finalizer left that starts a tracker again
+report["children_exit"] = children()
 print(json.dumps(report))
 """
 
@@ -50,11 +55,11 @@ def test_release_leaves_no_child_and_no_memmap_and_pools_restart(tmp_path):
     finished = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     report = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert report["first"] == report["again"] == [[500_000.0] * 4, [1, 2]]
+    assert report["first"] == report["again"] == [[500_000.0] * 4, [1, 2], [1, 2]]
     # joblib's 2 workers, its resource tracker, multiprocessing's tracker and the fork server
     assert report["children_before"] >= 4, report
-    assert report["folders_before"] == 1, report
+    assert report["folders_before"] >= 1, report  # joblib 1.6 leaves one folder per call until exit
     assert report["children_after"] == 0, report
     assert report["folders_after"] == [], "the memory-mapped arrays are deleted with the workers"
-    assert report["children_end"] == 0, report
+    assert report["children_end"] == report["children_exit"] == 0, report
     assert "leaked" not in finished.stderr, "the trackers found nothing left to clean: " + finished.stderr
