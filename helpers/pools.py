@@ -58,13 +58,13 @@ def _run_memmap_folder_finalizers() -> None:
     """Run now, once, the exit finalizers of joblib's memory-map folders, so that its tracker stops with nothing
     registered.
 
-    joblib (1.6; its issue #1620) registers a folder name with its resource tracker for every ``Parallel`` call,
-    with a finalizer run at exit, but creates the folder only when an argument is large enough to be
-    memory-mapped; a call that reuses the workers registers one more, for a manager it then discards.
-    ``terminate`` unregisters only the folders that exist, so the tracker, stopped before the exit, would warn of
-    "leaked folder objects", and the finalizers would start a new tracker at exit. Each finalizer deletes its
-    folder if there is one (the workers have stopped: nothing maps a file in it) and unregisters it; the discarded
-    managers keep no reference to theirs, hence the search of the collector's objects (about 0.2 s).
+    joblib (1.6; its issue #1620) registers a memory-map folder name with its resource tracker for every
+    ``Parallel`` call, and a finalizer that unregisters it at exit. A call that reuses the workers registers the
+    name for a manager it then discards, and ``terminate`` unregisters only the folders of the workers' own manager
+    that exist; so the tracker, stopped before the exit, warned of "leaked folder objects", and the finalizers then
+    started a new tracker at exit. Each finalizer deletes its folder if there is one (the workers have stopped:
+    nothing maps a file in it) and unregisters it. The discarded managers keep no reference to theirs, hence the
+    search of the collector's objects (about 0.2 s).
     """
     for cleanup in gc.get_objects():
         if type(cleanup) is types.FunctionType and cleanup.__qualname__ == _FOLDER_FINALIZER:

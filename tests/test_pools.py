@@ -28,10 +28,10 @@ def memmap_folders():
 
 
 def use_pools():
-    # small arguments: joblib registers a memory-map folder it never creates
+    # small arguments: nothing to memory-map; joblib starts its workers and their manager
     signs = Parallel(n_jobs=2)(delayed(abs)(x) for x in (-1, -2))
     big = np.ones(500_000)  # 4 MB: joblib hands it to the workers as a memory map in a temporary folder
-    # reuses the workers, and registers one more folder (joblib's issue #1620)
+    # reuses the workers, and registers a folder for a manager it discards (joblib's issue #1620)
     totals = Parallel(n_jobs=2)(delayed(np.sum)(big) for _ in range(4))
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as pool:
         absolute = list(pool.map(abs, [-1, -2]))
