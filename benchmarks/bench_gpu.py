@@ -319,12 +319,15 @@ def notebook_03(run: Run, timer: Timer) -> None:
     composites, n_images = params["composites"], params["n_conservation"]
     model, meta = run.model()
     batch = run.explained()
+    results = []
     for composite in composites:
         with timer.step("03", f"lrp_{composite}, 14 pathologies", len(batch)):
-            run.explain(f"lrp_{composite}")
+            results.append(run.explain(f"lrp_{composite}"))
     table = f"conservation table ({len(composites)} composites x 3 levels, {n_images} images)"
     with timer.step("03", table, n_images * 3 * len(composites)):
-        lrp.conservation_table(model, batch.inputs[:n_images], composites, mean=meta["mean"], std=meta["std"])
+        lrp.conservation_table(
+            model, batch.inputs[:n_images], composites, mean=meta["mean"], std=meta["std"], known=results
+        )
     with timer.step("03", "canonization levels (3, 4 images)", 12):
         for level in (1, 2, 3):
             run.explainer(f"lrp_{composites[0]}", canonization=level).explain(model, batch.inputs[:4])

@@ -221,6 +221,26 @@ def test_conservation_uses_the_explained_pathologies_logits(compact64, images64)
     assert np.allclose(ratio[:, 0], result.maps.astype(np.float64).sum(axis=(-2, -1))[:, 0] / logits[:, 5])
 
 
+def test_conservation_table_takes_maps_already_made_at_their_own_composite_and_level(compact64, images64):
+    """Maps already made of more images, the table's first: the same table as explaining those images again (one
+    batch on the CPU, as in notebook 03), and they are really used (doubled maps double their row, only theirs)."""
+    import dataclasses
+
+    import pandas as pd
+
+    composites = ["epsilon_plus_flat", "z"]
+    three = torch.cat([images64, images64[:1] * 0.5])
+    made = [lrp.explain_lrp(compact64, three, composite=c) for c in composites]  # levels 3 (full) and 2 (merge)
+    assert [m.params["canonization"] for m in made] == [3, 2]
+    fresh = lrp.conservation_table(compact64, images64, composites)
+    pd.testing.assert_frame_equal(lrp.conservation_table(compact64, images64, composites, known=made), fresh)
+    doubled = dataclasses.replace(made[1], maps=made[1].maps * 2)
+    table = lrp.conservation_table(compact64, images64, composites, known=[made[0], doubled])
+    row = (table["composite"] == "z") & (table["canonization"] == 2)
+    assert np.allclose(table.loc[row, "median"], 2 * fresh.loc[row, "median"])
+    pd.testing.assert_frame_equal(table[~row], fresh[~row])
+
+
 def test_border_map_is_remade_for_each_input_size_with_a_strided_convolution():
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.ReLU(), torch.nn.Conv2d(3, 4, 3, stride=2, padding=1))
