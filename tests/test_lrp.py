@@ -223,7 +223,8 @@ def test_conservation_uses_the_explained_pathologies_logits(compact64, images64)
 
 def test_conservation_table_takes_maps_already_made_at_their_own_composite_and_level(compact64, images64):
     """Maps already made of more images, the table's first: the same table as explaining those images again (one
-    batch on the CPU, as in notebook 03), and they are really used (doubled maps double their row, only theirs)."""
+    batch on the CPU, as in notebook 03), and they are really used (doubled maps double their row, only theirs);
+    maps of some pathologies only are not."""
     import dataclasses
 
     import pandas as pd
@@ -239,6 +240,9 @@ def test_conservation_table_takes_maps_already_made_at_their_own_composite_and_l
     row = (table["composite"] == "z") & (table["canonization"] == 2)
     assert np.allclose(table.loc[row, "median"], 2 * fresh.loc[row, "median"])
     pd.testing.assert_frame_equal(table[~row], fresh[~row])
+    edema = lrp.explain_lrp(compact64, images64, ["Edema"], composite="z")  # not every pathology: explained again
+    edema = dataclasses.replace(edema, maps=edema.maps * 2)
+    pd.testing.assert_frame_equal(lrp.conservation_table(compact64, images64, composites, known=[edema]), fresh)
 
 
 def test_border_map_is_remade_for_each_input_size_with_a_strided_convolution():

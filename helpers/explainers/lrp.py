@@ -277,7 +277,11 @@ def conservation_table(
     images = images.to(model_device(model))
     with torch.no_grad(), frozen_eval(model):
         logits = to_numpy(model(images)).astype(np.float64)  # on the CPU: MPS has no float64
-    made = {(s.params.get("composite"), s.params.get("canonization")): s for s in known if len(s.maps) >= len(images)}
+    made = {  # like the maps made here: every pathology, at least these images
+        (s.params.get("composite"), s.params.get("canonization")): s
+        for s in known
+        if s.pathologies == list(labels.PATHOLOGIES) and len(s.maps) >= len(images)
+    }
     rows = []
     for composite in composites:
         for level in levels:
