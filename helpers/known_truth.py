@@ -182,17 +182,19 @@ def reliance(twins: dict[str, tuple[Run, nn.Module]], n_boot: int) -> pd.DataFra
 
 
 def _split_aurocs(model, meta, prepared, split, label, pathology, marked_run, n_boot, kind) -> list[dict]:
-    """AUROC of ``pathology`` on one split, overall and (test) with and without the marker."""
+    """AUROC of ``pathology`` on one split, overall and (test) with and without the marker; over the labels the
+    twin's uncertainty policy scores (under u-ignore, uncertain ones are left out, as notebook 02 scores a model)."""
 
     frame = prepared.split(split)
     k = labels.PATHOLOGIES.index(pathology)
-    probs = evaluate.predict(model, prepared.dataset(split, meta["policy"], meta["mean"], meta["std"]))[:, k]
-    truth = frame[pathology].to_numpy() == 1
+    dataset = prepared.dataset(split, meta["policy"], meta["mean"], meta["std"])
+    probs = evaluate.predict(model, dataset)[:, k]
+    truth, scored = dataset.targets[:, k] == 1, dataset.loss_mask[:, k] > 0
     patients = data.patient_ids(frame).to_numpy()
     marked = marked_run.replay().marker_present(frame["image_id"].tolist())
-    subsets = {f"auroc_{label}": np.ones(len(frame), bool)}
+    subsets = {f"auroc_{label}": scored}
     if label == "test":
-        subsets |= {"auroc_test_marked": marked, "auroc_test_unmarked": ~marked}
+        subsets |= {"auroc_test_marked": marked & scored, "auroc_test_unmarked": ~marked & scored}
     rows = []
     for metric, chosen in subsets.items():
         value, low, high = metrics.auroc_with_ci(truth[chosen], probs[chosen], patients[chosen], n_boot)

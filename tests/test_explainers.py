@@ -139,31 +139,36 @@ def test_gradient_x_input_is_gradient_times_input(model, images):
 
 @pytest.mark.parametrize("kind", explainers.GradientFamily.KINDS)
 def test_gradient_family_equals_zennit_pathology_by_pathology(model, images, kind):
-    """The batched backward gives what zennit's own attributor gives for each pathology alone (computed in float64,
-    stored as float32 maps), SmoothGrad with the same noise draws for every pathology."""
+    """The batched backward gives what zennit's own attributor gives for each pathology and image alone (computed
+    in float64, stored as float32 maps); SmoothGrad with the same noise draws for every pathology, zennit's for
+    the image alone with its generator's seed."""
     net, x = model.double(), images[:2].double()
     explainer = explainers.create(kind, **({"n_iter": 3} if kind in ("smoothgrad", "integrated_gradients") else {}))
     names = ["Edema", "Fracture"]
     try:
         ours = explainer.explain(net, x, names).maps
-        expected = []
         with base.frozen_eval(net):
-            for name in names:
-                column = labels.PATHOLOGIES.index(name)
-                with torch.random.fork_rng():
-                    torch.manual_seed(explainer.params.get("seed", 0))
-                    _, gradient = explainer.zennit_attributor(net)(
-                        x.clone(),
-                        lambda logits, c=column: torch.nn.functional.one_hot(
-                            torch.full(logits.shape[:1], c), logits.shape[1]
-                        ).to(logits.dtype),
-                    )
-                expected.append(explainer._reduce(gradient, x))
+            expected = [[_zennit_map(explainer, net, image[None], name) for name in names] for image in x]
     finally:
         net.float()
-    expected = torch.stack(expected, dim=1).numpy()
+    expected = np.array([[m.numpy() for m in maps] for maps in expected])
     assert np.abs(expected).max() > 0  # maps are float32: equal to its precision
     assert np.allclose(ours, expected, rtol=1e-6, atol=1e-7 * np.abs(expected).max())
+
+
+def _zennit_map(explainer, net, image, name) -> torch.Tensor:
+    """zennit's map of one image ``(1, 3, H, W)`` for one pathology, with the seed SmoothGrad would draw it by."""
+    column = labels.PATHOLOGIES.index(name)
+    seed = explainer.noise_generator(image[0]).initial_seed() if "seed" in explainer.params else 0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        _, gradient = explainer.zennit_attributor(net)(
+            image.clone(),
+            lambda logits: torch.nn.functional.one_hot(torch.full(logits.shape[:1], column), logits.shape[1]).to(
+                logits.dtype
+            ),
+        )
+    return explainer._reduce(gradient, image)[0]
 
 
 def test_smoothgrad_is_seeded_and_leaves_the_global_random_state(model, images):
@@ -173,6 +178,15 @@ def test_smoothgrad_is_seeded_and_leaves_the_global_random_state(model, images):
     again = explainers.create("smoothgrad", n_iter=3).explain(model, images[:1], ["Edema"]).maps
     other = explainers.create("smoothgrad", n_iter=3, seed=1).explain(model, images[:1], ["Edema"]).maps
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_smoothgrad_maps_an_image_alike_in_any_batch(model, images):
+    """Each image draws its own noise: alone, or second in a batch of another size, its map is the same."""
+    explainer = explainers.create("smoothgrad", n_iter=3, batch_size=2)
+    alone = explainer.explain(model, images[1:2], ["Edema", "Fracture"]).maps[0]
+    batched = explainer.explain(model, images[[2, 1, 0]], ["Edema", "Fracture"]).maps[1]
+    assert np.abs(alone).max() > 0
+    np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
 
 
 def test_occlusion_finds_the_only_region_a_model_uses():

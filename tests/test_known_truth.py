@@ -319,3 +319,38 @@ def test_localisation_by_use_is_reported_per_pathology_and_pooled():
     by_use = known_truth.localisation_by_use(scores, own, ["hit"], 20, patients)
     assert set(by_use["pathology"]) == {"Edema", "Pneumothorax", "all"}
     assert set(by_use["used"]) == {True, False}
+
+
+def test_twins_aurocs_score_the_labels_their_policy_scores(monkeypatch):
+    """Under u-ignore an uncertain label is left out of a twin's AUROC, as notebook 02 scores a model: two
+    uncertain images ranked above every positive leave the AUROC at 1 instead of lowering it."""
+    codes = [1, 1, 1, 0, 0, 0, -1, -1]
+    probs = np.array([0.8, 0.9, 0.7, 0.1, 0.2, 0.3, 0.95, 0.99])
+    frame = pd.DataFrame(
+        {
+            "Path": [f"CheXpert-v1.0-small/valid/patient{i:05d}/study1/view1_frontal.jpg" for i in range(8)],
+            "image_id": [f"patient{i:05d}_study1_view1_frontal" for i in range(8)],
+            **{name: np.where(name == TARGET, codes, 0).astype(float) for name in labels.PATHOLOGIES},
+        }
+    )
+    prepared = types.SimpleNamespace(
+        split=lambda split: frame,
+        dataset=lambda split, policy, mean, std: types.SimpleNamespace(
+            **dict(zip(["targets", "loss_mask"], data.apply_policy(frame, policy)))
+        ),
+    )
+    marked_run = types.SimpleNamespace(
+        replay=lambda: types.SimpleNamespace(marker_present=lambda ids: np.arange(len(ids)) % 2 == 0)
+    )
+    scores = np.zeros((8, len(labels.PATHOLOGIES)))
+    scores[:, labels.PATHOLOGIES.index(TARGET)] = probs
+    monkeypatch.setattr(known_truth.evaluate, "predict", lambda model, dataset: scores)
+    rows = {
+        policy: pd.DataFrame(
+            known_truth._split_aurocs(None, meta, prepared, "test", "test", TARGET, marked_run, 50, "clean")
+        ).set_index("metric")
+        for policy, meta in ((p, {"policy": p, "mean": 0, "std": 1}) for p in ("u-ignore", "u-zeros"))
+    }
+    assert rows["u-ignore"].at["auroc_test", "value"] == 1.0 and rows["u-ignore"].at["auroc_test", "n"] == 6
+    assert rows["u-ignore"]["n"].to_dict() == {"auroc_test": 6, "auroc_test_marked": 3, "auroc_test_unmarked": 3}
+    assert rows["u-zeros"].at["auroc_test", "value"] < 0.7 and rows["u-zeros"].at["auroc_test", "n"] == 8

@@ -9,6 +9,7 @@ writes only :meth:`Explainer.attribute`: maps for a batch that is already on the
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -173,6 +174,23 @@ def _free_memory(device: torch.device) -> int | None:
     if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
         return max(0, torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
     return None
+
+
+def image_seed(seed: int, image: np.ndarray | torch.Tensor) -> np.random.SeedSequence:
+    """The seed of random draws that belong to one image: ``seed`` and a checksum of the image's pixels.
+
+    Draws made from it depend neither on the batch the image is explained in nor on its place there (nor on the
+    device's batch size), so an image's map is the same explained alone or among others.
+
+    Parameters
+    ----------
+    seed : int
+        The explainer's seed.
+    image : numpy.ndarray or torch.Tensor
+        One image, on any device; checksummed as float64.
+    """
+    pixels = to_numpy(image) if isinstance(image, torch.Tensor) else np.asarray(image)
+    return np.random.SeedSequence([seed, zlib.crc32(np.ascontiguousarray(pixels, dtype=np.float64).tobytes())])
 
 
 def model_device(model: nn.Module) -> torch.device:

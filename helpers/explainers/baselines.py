@@ -9,14 +9,12 @@ library ships such baselines as explainers.
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import torch
 from skimage.filters import sobel
 
 from helpers import labels
-from helpers.explainers.base import Explainer, register
+from helpers.explainers.base import Explainer, image_seed, register
 
 
 class PriorMap(Explainer):
@@ -61,7 +59,7 @@ class RandomMap(Explainer):
 
     def _noise(self, image: np.ndarray) -> np.ndarray:
         """One map per pathology of :data:`helpers.labels.PATHOLOGIES`."""
-        rng = np.random.default_rng([self.params["seed"], zlib.crc32(image.tobytes())])
+        rng = np.random.default_rng(image_seed(self.params["seed"], image))
         return rng.random((len(labels.PATHOLOGIES), *image.shape[-2:]))
 
 

@@ -5,7 +5,9 @@ cost 14 forward and backward passes per noise sample or path step; here each sam
 and the backward is batched over the pathologies (``is_grads_batched``, as :mod:`helpers.explainers.lrp` does):
 written by hand for that reason, and checked against zennit's ``Gradient``, ``SmoothGrad`` and
 ``IntegratedGradients`` pathology by pathology (:meth:`GradientFamily.zennit_attributor`). SmoothGrad draws
-its noise once per sample for all pathologies (the same draws zennit makes for one). Saliency
+its noise once per sample for all pathologies, and per image from a generator seeded by the seed and the image's
+pixels (:func:`~helpers.explainers.base.image_seed`): the draws zennit makes for that image alone, whatever batch
+the image is explained in. Saliency
 and SmoothGrad report the largest absolute gradient over the colour channels (Simonyan et al.'s map, so
 non-negative); Gradient x Input and Integrated Gradients are signed and summed over channels, like LRP
 (whose LRP-0 equals Gradient x Input). Integrated Gradients starts from the black image (pixel value 0 in
@@ -17,13 +19,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from zennit.attribution import Gradient as ZennitGradient
 from zennit.attribution import IntegratedGradients as ZennitIntegratedGradients
 from zennit.attribution import SmoothGrad as ZennitSmoothGrad
 
 from helpers.config import IMAGENET_MEAN, IMAGENET_STD
-from helpers.explainers.base import Explainer, register
+from helpers.explainers.base import Explainer, image_seed, register
 
 
 class GradientFamily(Explainer):
@@ -37,7 +40,9 @@ class GradientFamily(Explainer):
     noise_level : float
         SmoothGrad's noise standard deviation as a share of each input's value range.
     seed : int
-        SmoothGrad's noise seed (drawn on the input's device, without touching the global random state).
+        SmoothGrad's noise seed: each image's noise comes from its own generator, seeded by this and the image's
+        pixels (drawn on the CPU, so that every device adds the same noise, without touching the global random
+        state).
     mean, std : sequence of float
         The input normalisation, for Integrated Gradients' black baseline.
     """
@@ -74,11 +79,8 @@ class GradientFamily(Explainer):
 
     def _averaged(self, images: torch.Tensor, gradients) -> torch.Tensor:
         """The maps from ``gradients(point)`` (``(..., n, 3, H, W)``) averaged over the method's points."""
-        devices = [images.device] if images.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.params.get("seed", 0))
-            points = self._points(images)
-            total = sum(gradients(point) for point in points) / len(points)
+        points = self._points(images)
+        total = sum(gradients(point) for point in points) / len(points)
         if self.params["kind"] == "integrated_gradients":
             total = total * (images - self._black(images))
         return self._reduce(total, images)
@@ -89,13 +91,29 @@ class GradientFamily(Explainer):
         if kind == "smoothgrad":
             dims = tuple(range(1, images.ndim))
             spread = params["noise_level"] * (images.amax(dims, keepdim=True) - images.amin(dims, keepdim=True))
-            noise = [torch.randn_like(images) * spread for _ in range(params["n_iter"] - 1)]
-            return [images + epsilon for epsilon in noise] + [images]
+            noise = self._noise(images, params["n_iter"] - 1)
+            return [images + epsilon * spread for epsilon in noise] + [images]
         if kind == "integrated_gradients":
             baseline = self._black(images)
             alphas = torch.linspace(1.0 / params["n_iter"], 1.0, params["n_iter"])
             return [baseline + alpha * (images - baseline) for alpha in alphas]
         return [images]
+
+    def _noise(self, images: torch.Tensor, samples: int) -> list[torch.Tensor]:
+        """``samples`` standard normal draws shaped like ``images``, each image's from its own generator
+        (:meth:`noise_generator`) in the order zennit draws them for one image; moved to the images' device."""
+        generators = [self.noise_generator(image) for image in images]
+        shape, dtype = images.shape[1:], images.dtype
+        return [
+            torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in generators]).to(images.device)
+            for _ in range(samples)
+        ]
+
+    def noise_generator(self, image: torch.Tensor) -> torch.Generator:
+        """SmoothGrad's CPU generator for one image, seeded by the seed and the image's pixels."""
+        return torch.Generator().manual_seed(
+            int(image_seed(self.params["seed"], image).generate_state(1, np.uint64)[0])
+        )
 
     def zennit_attributor(self, model):
         """zennit's own attributor for this method, one pathology per call: the reference the tests compare with."""
