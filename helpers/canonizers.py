@@ -25,7 +25,7 @@ by about 1e-4 relative.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torchvision
@@ -176,6 +176,21 @@ def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _identity(x):
     return x
+
+
+def folded_away(module: nn.Module, applied: Sequence[Canonizer] = ()) -> bool:
+    """Whether canonization has folded this BatchNorm into a neighbouring layer, so that it passes its input on.
+
+    Ours leave such a BatchNorm with the identity as its forward. zennit's ``MergeBatchNorm`` (ResNets) resets its
+    parameters instead, to the identity up to ``1 / sqrt(1 + eps)``, and names it: pass the canonizer instances
+    that were applied (a composite's ``handles``) to recognise those. A rule registered on a folded BatchNorm
+    would decompose a layer the canonized network no longer has.
+    """
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return False
+    return module.__dict__.get("forward") is _identity or any(
+        getattr(canonizer, "batch_norm", None) is module for canonizer in applied
+    )
 
 
 def _threshold_relu(a: torch.Tensor, threshold: torch.Tensor) -> Callable:

@@ -51,8 +51,7 @@ def pathology_indices(names: Iterable[str] | None = None) -> list[int]:
     """
     if names is None:
         return list(range(len(PATHOLOGIES)))
-    if isinstance(names, str):
-        names = [names]
+    names = [names] if isinstance(names, str) else list(names)  # a generator would be spent by the check
     unknown = [name for name in names if name not in PATHOLOGIES]
     if unknown:
         raise ValueError(

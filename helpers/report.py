@@ -68,10 +68,12 @@ def pooled_with_differences(
 def results_markdown(run: Run) -> str:
     """The results block of ``run``: sample, localisation against the prior, granularity, sanity, faithfulness."""
     summary = run.table("summary")
-    reference = "prior" if run.table_path("versus_prior").is_file() else "random"  # notebook 05's reference map
+    methods = list(dict.fromkeys(summary["method"]))
+    # notebook 05's rule on the methods it scored, not which file exists: a rerun without the prior leaves the old
+    # versus_prior table beside its new versus_random one
+    reference = study.reference_method(methods)
     versus_reference = run.table(f"versus_{reference}")
     explained, granularity, sanity = run.table("explained"), run.table("granularity"), run.table("sanity")
-    methods = list(dict.fromkeys(summary["method"]))
     sections = [
         _sample_text(explained),
         f"**Localisation, and each method's paired difference to the {REFERENCE_NAMES[reference]}** (mean, 95% CI "
@@ -80,7 +82,7 @@ def results_markdown(run: Run) -> str:
         "**Granularity against the ground truth** (paired differences, method minus Grad-CAM at the named layer, "
         "Holm-corrected over the table's family, which also counts the resolution in px and the Gini index: gap = "
         "resolution gap to the mask in px, lower is better, over the maps that are not flat (a flat map, e.g. a "
-        "Grad-CAM map all zero after its ReLU, has no resolution and leaves the gap's pairs); F1 = "
+        "Grad-CAM map all zero after its ReLU, has no resolution or Gini index and leaves their pairs); F1 = "
         "boundary F-score and sep. = separation of two findings, higher is better):",
         _markdown(_granularity_rows(granularity)),
         "**Sanity** (model randomisation; `passes` is decided on the sign-insensitive similarity):",
@@ -91,7 +93,7 @@ def results_markdown(run: Run) -> str:
         "**Class sensitivity** (mean correlation between one image's maps for its findings with a positive logit):",
         _markdown(_pooled_rows(summary, CLASS_SENSITIVITY)),
     ]
-    return "\n\n".join(sections + _seed_sections(run))
+    return "\n\n".join(sections + _seed_sections(run, reference))
 
 
 #: The localisation metrics the block shows (every metric is in ``seeds_versus_<reference>.csv``).
@@ -110,17 +112,16 @@ def _shown_granularity(table: pd.DataFrame) -> pd.DataFrame:
 REFERENCE_NAMES = {"prior": "finding prior", "random": "random map"}
 
 
-def _seed_sections(run: Run) -> list[str]:
-    """The seed tables of ``make seeds``, where they exist."""
+def _seed_sections(run: Run, reference: str) -> list[str]:
+    """The seed tables of ``make seeds``, where they exist; against ``reference``, the run's own reference map."""
     sections = []
-    for reference, name in REFERENCE_NAMES.items():
-        if run.table_path(f"seeds_versus_{reference}").is_file():
-            sections += [
-                f"**Across training seeds: each method against the {name}** (over the methods every seed explained; "
-                "`holds` +1 / -1 only where every seed gives that outcome, better / worse, at Holm p < 0.05; every "
-                "metric in `figures/seeds_*.csv`):",
-                _markdown(_seed_rows(_headline(run.table(f"seeds_versus_{reference}")))),
-            ]
+    if run.table_path(f"seeds_versus_{reference}").is_file():
+        sections += [
+            f"**Across training seeds: each method against the {REFERENCE_NAMES[reference]}** (over the methods "
+            "every seed explained; `holds` +1 / -1 only where every seed gives that outcome, better / worse, at Holm "
+            "p < 0.05; every metric in `figures/seeds_*.csv`):",
+            _markdown(_seed_rows(_headline(run.table(f"seeds_versus_{reference}")))),
+        ]
     if run.table_path("seeds_granularity").is_file():
         sections += [
             "**Across training seeds: granularity against Grad-CAM at each layer** (resolution gap lower is better, "

@@ -456,8 +456,8 @@ class Run:
         """
         if reuse and isinstance(explainer, str) and not overrides and self.heatmap_path(explainer).is_file():
             saved = HeatmapSet.load(self.heatmap_path(explainer))
-            same_settings = saved.params.get("default_settings", True)  # maps saved before it was recorded: yes
-            if saved.image_ids == self.explained().image_ids and self._made_by_this_model(saved) and same_settings:
+            same_batch = saved.image_ids == self.explained().image_ids and self._made_by_this_model(saved)
+            if same_batch and not self._settings_not_the_defaults(explainer, saved):
                 return saved
         default_settings = False  # an explainer object: its settings are its own
         if isinstance(explainer, str):
@@ -479,6 +479,20 @@ class Run:
         made_by = heatmaps.params.get("model")
         return made_by is None or made_by == model_identity(self.model()[1])
 
+    @staticmethod
+    def _settings_not_the_defaults(name: str, heatmaps: HeatmapSet) -> dict:
+        """How saved maps of explainer ``name`` differ from its present default settings (empty: they match).
+
+        Their overrides where they had any; else each setting whose default changed since ``{name: (saved, now)}``,
+        as maps made before a default changed (e.g. SmoothGrad's samples) are another method's. A setting the
+        explainer resolves only when it explains (occlusion's window, None until then) is not compared; one missing
+        from maps saved before it existed counts as changed."""
+        if not heatmaps.params.get("default_settings", True):  # maps saved before it was recorded: no overrides
+            return heatmaps.params.get("overrides") or {"explainer": "an explainer object"}
+        defaults = explainers.create(name).params.items()
+        saved = heatmaps.params
+        return {key: (saved.get(key), now) for key, now in defaults if now is not None and saved.get(key) != now}
+
     def heatmaps(self, names: Sequence[str]) -> dict[str, HeatmapSet]:
         """Saved HeatmapSets by explainer name; all must explain the :meth:`explained` images."""
         expected = self.explained().image_ids
@@ -494,13 +508,14 @@ class Run:
                     f"{self.heatmap_path(name)} was made by another model than this run's (trained again since); "
                     f"rerun {self._explaining_notebook(name)} with profile {self.profile.name!r}."
                 )
-            if not heatmaps.params.get("default_settings", True):
+            differences = self._settings_not_the_defaults(name, heatmaps)
+            if differences:
                 # the steps that explain again (sanity checks, class leakage, shortcut maps) use the defaults
                 raise ValueError(
-                    f"{self.heatmap_path(name)} holds maps made with settings other than {name!r}'s defaults "
-                    f"({heatmaps.params.get('overrides') or 'an explainer object'}); notebooks 05 and 06 explain "
-                    f"with the defaults again, and the two would not be the same method. Rerun "
-                    f"{self._explaining_notebook(name)} with its default parameters (e.g. canonization = None)."
+                    f"{self.heatmap_path(name)} holds maps made with settings other than {name!r}'s present "
+                    f"defaults ({differences}); "
+                    f"notebooks 05 and 06 explain with the defaults again, and the two would not be the same method. "
+                    f"Rerun {self._explaining_notebook(name)} with its default parameters (e.g. canonization = None)."
                 )
         return sets
 

@@ -175,6 +175,46 @@ def test_cache_is_reused_when_unchanged_and_redone_when_a_file_changes(phantom_c
     assert np.array_equal(np.delete(redone, 7, axis=0), np.delete(first, 7, axis=0))
 
 
+def test_a_cache_cut_short_is_built_again(small_phantom, frame, tmp_path):
+    frame = frame.iloc[:6]
+    target = tmp_path / "c.npy"
+    first = np.array(data.build_image_cache(frame, small_phantom, SIZE, target, workers=1)[0])  # not a map of it
+    with open(target, "r+b") as file:  # an interrupted copy of the run folder: the sidecars whole, the images not
+        file.truncate(target.stat().st_size - 100)
+    again, kept, _ = data.build_image_cache(frame, small_phantom, SIZE, target, workers=1)
+    assert np.array_equal(again, first) and len(kept) == 6
+    assert target.stat().st_size == len(npy_bytes(first))
+
+
+def test_prepared_images_cut_short_are_named(small_phantom, tmp_path):
+    data.prepare(small_phantom, tmp_path / "cache", SIZE)
+    npy = tmp_path / "cache" / f"val_{SIZE}.npy"
+    with open(npy, "r+b") as file:
+        file.truncate(npy.stat().st_size - 100)
+    with pytest.raises(data.DatasetError, match=f"val_{SIZE}.npy.*01_prepare_data"):
+        data.load_prepared(tmp_path / "cache", SIZE)
+
+
+def test_a_full_disk_is_a_clear_error_before_decoding_and_leaves_no_file(small_phantom, frame, tmp_path, monkeypatch):
+    decoded = []
+    monkeypatch.setattr(cache, "load_image", lambda path, size: decoded.append(path) or np.zeros((size, size)))
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(data.DatasetError, match=r"No room for the image cache .*c\.npy.*GiB.*No space left"):
+        data.build_image_cache(frame.iloc[:4], small_phantom, SIZE, tmp_path / "cache" / "c.npy", workers=1)
+    assert decoded == [] and leftovers(tmp_path / "cache") == []
+
+    def unsupported(fd, offset, length):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)  # a file system without allocation: decoded anyway
+    images, _, _ = data.build_image_cache(frame.iloc[:4], small_phantom, SIZE, tmp_path / "cache" / "c.npy", workers=1)
+    assert len(decoded) == 4 and images.shape == (4, SIZE, SIZE)
+
+
 def test_worker_count_from_argument_environment_or_cores(monkeypatch):
     monkeypatch.delenv(cache.WORKERS_VARIABLE, raising=False)
     monkeypatch.setattr(cache.joblib, "cpu_count", lambda: 5)  # the cores this process may use, not the machine's

@@ -188,6 +188,18 @@ def test_voi_lut_takes_precedence_over_the_window(tmp_path):
     assert np.abs(load_image(file, SIZE) - expected).max() <= 1
 
 
+@pytest.mark.parametrize("data_vr", ["US", "OW"])
+def test_an_8_bit_voi_lut_on_12_bit_data_is_looked_up_past_entry_255(tmp_path, data_vr):
+    stored = gradient(4095)
+    table = [value // 16 for value in range(4096)]  # 12 bits to 8: a rising ramp
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [4096, 0, 8])  # LUT Descriptor: 8 bits per entry
+    lut.add_new(0x00283006, data_vr, table if data_vr == "US" else np.asarray(table, "<u2").tobytes())
+    file = write_dicom(tmp_path / "lut8.dcm", stored, bits_stored=12, VOILUTSequence=Sequence([lut]))
+    expected = np.floor(stored // 16 / 255 * 255 + 0.5)  # the LUT's own range, 0..255, is black to white
+    assert np.abs(load_image(file, SIZE) - expected).max() <= 1
+
+
 def test_dicom_is_recognised_by_content_or_by_suffix(tmp_path):
     pixels = gradient(4095)
     reference = load_image(write_dicom(tmp_path / "image.dcm", pixels, bits_stored=12), SIZE)

@@ -14,6 +14,7 @@ def test_pathologies_are_chexpert_csv_columns_in_order(real_frame):
 def test_pathology_indices_and_unknown_name():
     assert labels.pathology_indices(["Cardiomegaly", "No Finding"]) == [2, 0]
     assert labels.pathology_indices(None) == list(range(14))
+    assert labels.pathology_indices(name for name in ["Edema", "Atelectasis"]) == [5, 8]  # a generator, read once
     with pytest.raises(ValueError, match="Cardiomegally"):
         labels.pathology_indices(["Cardiomegally"])
 

@@ -1,3 +1,5 @@
+import copy
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
-from zennit.composites import EpsilonPlusFlat  # noqa: E402
+from zennit.composites import EpsilonPlusFlat, LayerMapComposite  # noqa: E402
 
 from helpers import explainers, labels, lrp, models, widgets  # noqa: E402
 
@@ -307,3 +309,31 @@ def test_lrp_zero_equals_gradient_x_input_on_resnet50_after_its_canonizer():
 def test_registered_lrp_zero_is_the_consistent_one():
     explainer = explainers.create("lrp_z")
     assert explainer.params["canonization"] == 2 and explainer.params["composite"] == "z"
+
+
+def _physically_merged(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``net`` with its canonization level 2 made permanent: the merged convolutions' weights, and each
+    folded BatchNorm replaced by ``nn.Identity`` (the network LRP at that level is meant to decompose)."""
+    from helpers.canonizers import canonizers_for, folded_away
+
+    with LayerMapComposite([], canonizers=canonizers_for(net, 2)).context(net):  # canonizers only, no rules
+        merged = copy.deepcopy(net)
+    for name, module in list(merged.named_modules()):
+        if folded_away(module):
+            parent, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent), child, torch.nn.Identity())
+    return merged.eval()
+
+
+def test_lrp_epsilon_puts_no_rule_on_a_batchnorm_that_canonization_folded_away(compact64, images64):
+    merged = _physically_merged(compact64)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and m.__dict__.get("forward") for m in merged.modules())
+    canonized = lrp.explain_lrp(compact64, images64, ["Edema"], composite="epsilon", canonization="merge")
+    # level 1 on the merged copy only makes the head explicit, which build_model's models have already
+    reference = lrp.explain_lrp(merged, images64, ["Edema"], composite="epsilon", canonization="explicit_head")
+    assert np.allclose(canonized.maps, reference.maps, rtol=1e-5, atol=1e-7 * np.abs(reference.maps).max())
+    # the BatchNorms left unfolded at this level still get the rule, at level 1 all of them
+    composite = lrp.make_composite("epsilon", canonizers=[])
+    with composite.context(compact64):
+        hooked = [m for m in compact64.modules() if isinstance(m, torch.nn.BatchNorm2d) and m._forward_hooks]
+    assert len(hooked) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in compact64.modules())

@@ -109,6 +109,14 @@ def test_mask_and_non_square_image_stay_aligned(tmp_path, scale):
     assert iou(masks.map_mask(padded, size), bright) < 0.9
 
 
+def test_a_0_255_mask_maps_like_a_boolean_one():
+    mask = rectangle_mask()
+    as_picture = mask.astype(np.uint8) * 255  # what a PNG or OpenCV mask holds
+    assert np.array_equal(masks.map_mask(as_picture, 32), masks.map_mask(mask, 32)) and masks.map_mask(mask, 32).any()
+    square = as_picture[:WIDTH]  # already the input's size: kept as it is
+    assert np.array_equal(masks.map_mask(square, WIDTH), mask[:WIDTH])
+
+
 # ------------------------------------------------------------------ bad inputs
 
 

@@ -44,6 +44,25 @@ def test_uniform_map_has_no_location_and_chance_scores():
     assert np.isnan(metrics.resolution_px(uniform))
 
 
+@pytest.mark.parametrize("fill", [0.0, -0.7])
+def test_a_map_without_positive_evidence_has_no_sparseness(fill):
+    # all zero (Grad-CAM after its ReLU) or all negative: no evidence, not the most diffuse evidence
+    empty = np.full((SIZE, SIZE), fill)
+    empty[5, 5] = fill * 2
+    assert np.isnan(metrics.gini(empty)) and np.isnan(metrics.entropy(empty))
+    assert np.isnan(metrics.resolution_px(empty))
+
+
+def test_single_map_scores_of_a_diverged_map_are_nan_when_called_directly():
+    mask = _mask()
+    for bad in (np.nan, np.inf):
+        diverged = _peak(11, 11)
+        diverged[0, 0] = bad
+        for name, function in metrics.SINGLE_MAP.items():
+            assert np.isnan(function(diverged)), name
+        assert np.isnan(metrics.mass_accuracy(diverged, mask))
+
+
 def test_signed_maps_are_scored_by_their_positive_part():
     mask = _mask()
     signed = -5 * _peak(11, 11) + _peak(26, 26)  # strong negative evidence inside, weak positive outside
@@ -187,6 +206,22 @@ def test_deletion_and_insertion_reward_the_map_on_the_region_that_matters():
     bad = metrics.perturbation_scores(RegionModel(), images, _heatmap_set(wrong, "wrong"), pairs).set_index("metric")
     assert good.loc["deletion_auc", "value"] < bad.loc["deletion_auc", "value"]
     assert good.loc["insertion_auc", "value"] > bad.loc["insertion_auc", "value"]
+
+
+def test_perturbation_scores_of_a_map_do_not_depend_on_the_pairs_before_it():
+    images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    maps = np.zeros((1, 14, SIZE, SIZE))
+    maps[0, :, :8, :8] = 1.0  # mostly ties: their order decides the curve
+    maps[0, 2, 0, 0] = np.nan  # a diverged map, scored NaN without a draw
+    alone = metrics.perturbation_scores(RegionModel(), images, _heatmap_set(maps), [(0, "Edema")], steps=20)
+    after = metrics.perturbation_scores(
+        RegionModel(), images, _heatmap_set(maps), [(0, "Cardiomegaly"), (0, "Atelectasis"), (0, "Edema")], steps=20
+    )
+    assert after.iloc[:2]["value"].isna().all()
+    assert np.array_equal(after[after["pathology"] == "Edema"]["value"].to_numpy(), alone["value"].to_numpy())
+    training = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), RegionModel()).train()  # a model mid-training
+    metrics.perturbation_scores(training, images, _heatmap_set(maps), [(0, "Edema")], steps=4)
+    assert training.training and all(p.requires_grad for p in training.parameters())  # left as it came
 
 
 def test_occlusion_finds_the_region_that_matters():

@@ -85,6 +85,20 @@ def test_readme_block_is_replaced_between_markers_only(run, tmp_path):
         report.write_readme("smoke", readme)
 
 
+def test_the_reference_is_the_summarys_not_a_stale_table_beside_it(run):
+    # a rerun without the prior (e.g. real data without training masks) scores against the random map; the old
+    # versus_prior table is still in the folder
+    summary = run.table("summary")
+    run.save_table(summary.assign(method=summary["method"].replace("prior", "random")), "summary")
+    run.save_table(pd.DataFrame([_difference_row("gradcam", "random", "hit", 0.3, 1)]), "versus_random")
+    stale = {"a": "gradcam", "b": "prior", "metric": "hit", "pathology": "all", "seed_mean_difference": -0.1}
+    stale.update(seed_sd_difference=0.01, max_p_holm=0.01, n_seeds=3, holds=-1)
+    run.save_table(pd.DataFrame([stale]), "seeds_versus_prior")
+    text = report.results_markdown(run)
+    assert "paired difference to the random map" in text and "+0.30 (+0.20 to +0.40), p=0.01: better" in text
+    assert "-0.10 (-0.20 to +0.00)" not in text and "against the finding prior" not in text
+
+
 def _sanity_row(method, mode, stage, mean, passes):
     return {
         "method": method,

@@ -1,9 +1,11 @@
 """``Run``: every artifact path under runs/<profile>/, each stage loaded through it, clear errors for missing stages."""
 
+import re
+
 import numpy as np
 import pytest
 
-from helpers import config, data, explainers, labels
+from helpers import config, data, explainers, heatmaps, labels
 from helpers.run import ExplainedBatch, Run
 
 
@@ -96,6 +98,14 @@ def test_a_tiny_run_end_to_end(runs):
     assert np.array_equal(run.explain("random", reuse=True).maps, default.maps)
     assert run.heatmaps(["random"])
     run.explain("random", seed=run.explainer("random").params["seed"])  # the default, restated
+    assert run.heatmaps(["random"])
+    # maps made before a default changed (here: the seed, in the saved file) are another method's as well
+    saved = heatmaps.HeatmapSet.load(run.heatmap_path("random"))
+    saved.params["seed"] += 1
+    saved.save(run.heatmap_path("random"))
+    with pytest.raises(ValueError, match=re.escape("other than 'random''s present defaults ({'seed': (1, 0)})")):
+        run.heatmaps(["random"])
+    assert np.array_equal(run.explain("random", reuse=True).maps, default.maps)  # remade, not reused
     assert run.heatmaps(["random"])
 
 

@@ -145,3 +145,23 @@ def test_strata_give_the_verdict_and_the_mask_size_tercile_of_each_positive_pair
     few = metrics.strata(["i0", "i1"], probs[:2], masks[:2], codes[:2], ["Edema"])
     assert len(few) == 2 and few["mask_size"].isna().all()  # two pairs make no terciles
     assert metrics.strata([], probs[:0], masks[:0], codes[:0], ["Edema"]).empty
+
+
+def test_strata_put_equal_mask_areas_in_one_tercile():
+    from helpers import labels
+
+    edema = labels.PATHOLOGIES.index("Edema")
+    rows = [1, 2, 2, 2, 3, 4]  # mask heights: three equal areas straddle the first tercile's edge
+    codes = np.zeros((len(rows), 14))
+    codes[:, edema] = 1
+    masks = np.zeros((len(rows), 14, 10, 10), bool)
+    for i, height in enumerate(rows):
+        masks[i, edema, :height] = True
+    probs = np.full((len(rows), 1), 0.9)
+    table = metrics.strata([f"i{i}" for i in range(len(rows))], probs, masks, codes, ["Edema"])
+    # by row order the equal areas were split small, small | medium; their average rank (3) is a medium one
+    assert table["mask_size"].tolist() == ["small", "medium", "medium", "medium", "large", "large"]
+    # pairs in another order: the same areas, the same terciles
+    order = [3, 0, 5, 2, 4, 1]
+    shuffled = metrics.strata([f"i{i}" for i in order], probs[order], masks[order], codes[order], ["Edema"])
+    assert shuffled.set_index("image")["mask_size"].sort_index().equals(table.set_index("image")["mask_size"])

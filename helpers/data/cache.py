@@ -11,6 +11,7 @@ audited skip dropped. A cache is reused only when both match the rows asked for.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -171,11 +172,29 @@ def _decode_to_npy(npy: Path, files: list[str], size: int, on_bad: str, workers:
 
 
 def _create_npy(path: Path, n_rows: int, size: int) -> int:
-    """Write a ``.npy`` header for ``(n_rows, size, size)`` uint8 (data not touched); its data offset."""
+    """Write a ``.npy`` header for ``(n_rows, size, size)`` uint8 and claim its disk space; its data offset."""
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n_rows, size, size))
     offset = array.offset
     del array  # unmapped: the workers write through their own maps
+    _claim_disk_space(path, offset + n_rows * size * size)
     return offset
+
+
+def _claim_disk_space(path: Path, length: int) -> None:
+    """Allocate the file's blocks now. The header leaves a sparse file, and a mapped write that finds the disk full
+    kills its process (SIGBUS) without a message; here a full disk is a clear error before any decoding."""
+    if not length or not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, length)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                return  # a file system without allocation: decode without the early check
+            raise DatasetError(
+                f"No room for the image cache {path}: it needs {length / 2**30:.2f} GiB ({error.strerror}). Free "
+                f"disk space there, or choose a cache folder on a larger disk."
+            ) from None
 
 
 def _row_window(npy, offset: int, start: int, stop: int, size: int, mode: str) -> np.memmap:
@@ -272,8 +291,8 @@ def _process_pool(workers: int):
         finished = True
     except BrokenProcessPool as error:
         raise RuntimeError(
-            f"A decoding process died ({error}); out of memory is the usual cause. Run again with fewer "
-            f"processes (workers=..., or the environment variable {WORKERS_VARIABLE})."
+            f"A decoding process died ({error}); out of memory is the usual cause, a full disk under the cache "
+            f"another. Run again with fewer processes (workers=..., or the environment variable {WORKERS_VARIABLE})."
         ) from error
     finally:
         # after a failure, wait: no worker may still write to a file about to be removed. After success every
@@ -326,7 +345,10 @@ def _read_cache(cache_file, frame: pd.DataFrame, size: int, fingerprint: str):
     dropped = frame["Path"].isin(skipped["Path"])
     if frame["Path"][~dropped].tolist() != cached_paths or frame["Path"][dropped].tolist() != skipped["Path"].tolist():
         return None
-    images = np.load(cache_file, mmap_mode="r")
+    try:
+        images = np.load(cache_file, mmap_mode="r")
+    except (ValueError, OSError):  # cut short (an interrupted copy) or not a .npy: built again
+        return None
     if images.shape != (len(cached_paths), size, size):
         return None
     return images, frame[~dropped].reset_index(drop=True), skipped

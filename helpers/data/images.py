@@ -328,10 +328,17 @@ def _apply_voi(values: np.ndarray, dataset) -> tuple[np.ndarray, float, float]:
     # An element present but empty (anonymisers leave them) reads as None and counts as absent, as in pydicom.
     lut = dataset.VOILUTSequence[0] if dataset.get("VOILUTSequence") else None
     if lut is not None and None not in (lut.get("LUTDescriptor"), lut.get("LUTData")):
-        entries, first, _ = lut.LUTDescriptor
-        outputs = apply_voi(np.arange(first, first + (entries or 2**16)), dataset)  # every entry of the LUT
-        # The modality step may give floats; the LUT is indexed by integers.
-        return apply_voi(np.rint(values).astype(np.int64), dataset), outputs.min(), outputs.max()
+        entries, first, bits = lut.LUTDescriptor
+        # pydicom 3.0 looks an 8-bit LUT up with uint8 indices, which wrap past entry 255 (a 12-bit image's
+        # 4096-entry LUT becomes stripes). Its entries are read as 16-bit words either way, so read them as 16 bits.
+        if bits == 8:
+            lut.LUTDescriptor = [entries, first, 16]
+        try:
+            outputs = apply_voi(np.arange(first, first + (entries or 2**16)), dataset)  # every entry of the LUT
+            # The modality step may give floats; the LUT is indexed by integers.
+            return apply_voi(np.rint(values).astype(np.int64), dataset), outputs.min(), outputs.max()
+        finally:
+            lut.LUTDescriptor = [entries, first, bits]
     if None not in (dataset.get("WindowCenter"), dataset.get("WindowWidth")):
         # The window sends everything below it to its black and above it to its white (SIGMOID: in the limit).
         black, white = apply_windowing(np.array([-np.inf, np.inf]), dataset)

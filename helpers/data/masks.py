@@ -100,8 +100,9 @@ def map_mask(mask: np.ndarray, size: int) -> np.ndarray:
     The mask goes through :func:`helpers.data.images.input_geometry`, the transform that made the input,
     with nearest-neighbour sampling so it stays binary.
     """
+    mask = np.asarray(mask, dtype=bool)  # first: a 0/255 mask times 255 would wrap to 1 in uint8
     if mask.shape == (size, size):
-        return mask.astype(bool)
+        return mask
     picture = Image.fromarray(mask.astype(np.uint8) * 255)
     return np.asarray(input_geometry(mask.shape, size).apply(picture, Image.Resampling.NEAREST)) > 127
 

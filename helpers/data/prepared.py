@@ -250,10 +250,10 @@ def prepare(
         kept.append(kept_rows)
         skipped.append(skipped_rows.assign(split=name))
     index = pd.concat(kept, ignore_index=True)
+    with atomic_path(Path(cache_dir) / "root.txt") as tmp:  # before the index, which marks the folder complete
+        tmp.write_text(_recorded_root(root, Path(cache_dir)))
     with atomic_path(Path(cache_dir) / "index.csv") as tmp:
         index.to_csv(tmp, index=False)
-    with atomic_path(Path(cache_dir) / "root.txt") as tmp:
-        tmp.write_text(_recorded_root(root, Path(cache_dir)))
     fingerprint = data_fingerprint(cache_dir, size)
     return PreparedData(index, images, pd.concat(skipped, ignore_index=True), root, fingerprint)
 
@@ -279,6 +279,18 @@ def _recorded_root(root: Path, cache_dir: Path) -> str:
     return os.path.relpath(root, cache_dir.resolve()) if root.is_relative_to(run_folder) else str(root)
 
 
+def _load_images(npy: Path) -> np.ndarray:
+    """A split's cached images, memory-mapped; a file cut short (an interrupted copy of the run folder) is a clear
+    error that names it."""
+    try:
+        return np.load(npy, mmap_mode="r")
+    except (ValueError, OSError) as error:
+        raise DatasetError(
+            f"Cannot read the prepared images {npy} ({error}): run notebooks/01_prepare_data.ipynb again, which "
+            f"rebuilds it."
+        ) from None
+
+
 def load_prepared(cache_dir: str | os.PathLike, size: int) -> PreparedData:
     """Read what :func:`prepare` wrote; a clear error names notebook 01 when any of it is missing, or when a split's
     rows in ``index.csv`` are not the images of its cache, in order."""
@@ -300,7 +312,7 @@ def load_prepared(cache_dir: str | os.PathLike, size: int) -> PreparedData:
                 f"{cache_dir / 'index.csv'} does not list the images of {name}_{size}.npy in their order (an "
                 f"interrupted preparation?): run notebooks/01_prepare_data.ipynb again."
             )
-    images = {name: np.load(cache_dir / f"{name}_{size}.npy", mmap_mode="r") for name in SPLITS}
+    images = {name: _load_images(cache_dir / f"{name}_{size}.npy") for name in SPLITS}
     skipped = pd.concat(
         [pd.read_csv(cache_dir / f"{name}_{size}.skipped.csv").assign(split=name) for name in SPLITS], ignore_index=True
     )

@@ -27,11 +27,11 @@ from zennit.composites import (
     layer_map_base,
 )
 from zennit.core import Composite
-from zennit.rules import AlphaBeta, Epsilon, ZPlus
+from zennit.rules import AlphaBeta, Epsilon, Pass, ZPlus
 from zennit.types import AvgPool, BatchNorm, Convolution
 
 from helpers import labels
-from helpers.canonizers import canonizers_for, level_number
+from helpers.canonizers import canonizers_for, folded_away, level_number
 from helpers.config import IMAGENET_MEAN, IMAGENET_STD
 from helpers.explainers.base import Explainer, frozen_eval, model_device, register
 from helpers.heatmaps import HeatmapSet, stack_pathologies
@@ -48,6 +48,7 @@ def _all_layers(rule, affine_too: bool = False, stabilizer: float = 1e-6) -> Cal
     With ``affine_too`` the rule also decomposes BatchNorm and average pooling, as iNNvestigate (>= 2) does
     for LRP-Z and LRP-Epsilon (``bn_layer_rule``). zennit's base map gives BatchNorm the Pass rule instead:
     then LRP-0 divides post-BatchNorm relevance by pre-BatchNorm values and diverges on a deep DenseNet.
+    A BatchNorm that canonization folded into its neighbour gets no rule (:class:`_UnfoldedLayerMap`).
     ``stabilizer`` is the base map's for sums (ResNet's residual additions) and, without ``affine_too``, pooling.
     """
     affine = [(BatchNorm, rule()), (AvgPool, rule())] if affine_too else []
@@ -55,9 +56,25 @@ def _all_layers(rule, affine_too: bool = False, stabilizer: float = 1e-6) -> Cal
     def build(canonizers=None, **_bounds):
         # zennit takes the first matching entry: the affine rules must precede the base map's Pass and Norm
         layers = affine + layer_map_base(stabilizer) + [(Convolution, rule()), (nn.Linear, rule())]
-        return LayerMapComposite(layers, canonizers=canonizers)
+        return _UnfoldedLayerMap(layers, canonizers=canonizers)
 
     return build
+
+
+class _UnfoldedLayerMap(LayerMapComposite):
+    """zennit's layer map, with the Pass rule on the BatchNorms that canonization folded away (written here: zennit
+    maps by type, and a folded BatchNorm still is one).
+
+    Such a BatchNorm's layer now lives in the convolution it was folded into, which the rule decomposes already.
+    The rule on it as well would take relevance again (epsilon = 1 keeps ``x / (x + 1)`` of it at each of
+    DenseNet-121's 120 BatchNorms). Pass hands relevance on unchanged: for ours, whose forward is the identity,
+    that is the gradient; zennit's merged BatchNorm still scales by ``1 / sqrt(1 + eps)``, which a gradient would
+    apply to relevance and Pass does not.
+    """
+
+    def mapping(self, ctx, name, module):
+        # register() applies the canonizers into self.handles before it maps the hooks, so they are seen here
+        return Pass() if folded_away(module, self.handles) else super().mapping(ctx, name, module)
 
 
 #: Composite factories ``(canonizers, low, high) -> Composite``. The first three are zennit's modern

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from helpers import labels
-from helpers.explainers import blurred_baseline, model_device
+from helpers.explainers import blurred_baseline, frozen_eval, model_device
 from helpers.heatmaps import HeatmapSet
 from helpers.metrics.base import COLUMNS
 from helpers.tensors import to_numpy
@@ -62,7 +62,8 @@ def perturbation_scores(
     batch_size : int
         Perturbed images per forward pass.
     seed : int
-        Seed of the order among tied pixels.
+        Seed of the order among tied pixels, drawn per (image, pathology): a map's scores do not depend on the
+        other pairs.
 
     Returns
     -------
@@ -71,20 +72,20 @@ def perturbation_scores(
     """
     inputs = inputs.to(model_device(model))
     baseline = blurred_baseline(inputs)
-    rng = np.random.default_rng(seed)
     fractions = np.linspace(0, 1, steps + 1)
     rows = []
-    model.eval()
-    for i, pathology in pairs:
-        j, k = heatmaps.pathologies.index(pathology), labels.PATHOLOGIES.index(pathology)
-        values = heatmaps.maps[i, j].ravel()
-        if not np.isfinite(values).all():
-            rows += [(heatmaps.image_ids[i], pathology, heatmaps.method, name, np.nan) for name in _CURVES]
-            continue
-        (curves,) = _curves(model, inputs[i], baseline[i], [_map_order(values, rng)], fractions, k, batch_size)
-        for name, curve in zip(_CURVES, curves):
-            area = float(np.trapezoid(curve, fractions))
-            rows.append((heatmaps.image_ids[i], pathology, heatmaps.method, name, area))
+    with frozen_eval(model):  # the caller's mode and gradients back afterwards
+        for i, pathology in pairs:
+            j, k = heatmaps.pathologies.index(pathology), labels.PATHOLOGIES.index(pathology)
+            values = heatmaps.maps[i, j].ravel()
+            if not np.isfinite(values).all():
+                rows += [(heatmaps.image_ids[i], pathology, heatmaps.method, name, np.nan) for name in _CURVES]
+                continue
+            rng = np.random.default_rng((seed, i, k))  # a map's tie order whatever pairs come before it
+            (curves,) = _curves(model, inputs[i], baseline[i], [_map_order(values, rng)], fractions, k, batch_size)
+            for name, curve in zip(_CURVES, curves):
+                area = float(np.trapezoid(curve, fractions))
+                rows.append((heatmaps.image_ids[i], pathology, heatmaps.method, name, area))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -163,12 +164,13 @@ def counterfactual_perturbation_scores(
     _check_counterfactuals(inputs, counterfactual_inputs, pairs)
     fractions = _fractions(steps, spacing)
     sets = [heatmaps] if isinstance(heatmaps, HeatmapSet) else list(heatmaps)
-    model.eval()
     rows = {m: [] for m in range(len(sets))}
-    for p, (i, pathology) in enumerate(pairs):
-        per_set = _cf_areas(model, inputs[i], counterfactual_inputs[p], sets, i, pathology, fractions, seed, batch_size)
-        for m, areas in enumerate(per_set):
-            rows[m] += [(sets[m].image_ids[i], pathology, sets[m].method, name, value) for name, value in areas.items()]
+    with frozen_eval(model):  # the caller's mode and gradients back afterwards
+        for p, (i, pathology) in enumerate(pairs):
+            cf = counterfactual_inputs[p]
+            per_set = _cf_areas(model, inputs[i], cf, sets, i, pathology, fractions, seed, batch_size)
+            for m, areas in enumerate(per_set):
+                rows[m] += [(sets[m].image_ids[i], pathology, sets[m].method, k, v) for k, v in areas.items()]
     return pd.DataFrame([row for m in rows for row in rows[m]], columns=COLUMNS)
 
 

@@ -32,20 +32,27 @@ PARTS = ("positive", "abs", "signed")
 
 
 def gini(heatmap: np.ndarray) -> float:
-    """Gini sparseness of the positive part (Chalasani et al. 2020): 0 uniform, towards 1 for a single pixel."""
+    """Gini sparseness of the positive part (Chalasani et al. 2020): 0 uniform, towards 1 for a single pixel.
+
+    NaN where the positive part is all zero (e.g. a Grad-CAM map zeroed by its ReLU): a map with no evidence has
+    no spread, and scoring it as uniform would count it as the most diffuse map.
+    """
     values = np.sort(positive_part(heatmap).ravel())
     n, total = values.size, values.sum()
-    if total == 0:
-        return 0.0
+    if not 0 < total < np.inf:  # also NaN for a diverged map
+        return float("nan")
     return float(((2 * np.arange(1, n + 1) - n - 1) * values).sum() / (n * total))
 
 
 def entropy(heatmap: np.ndarray) -> float:
-    """Shannon entropy (nats) of the positive part as a distribution over pixels (Bhatt et al. 2020)."""
+    """Shannon entropy (nats) of the positive part as a distribution over pixels (Bhatt et al. 2020).
+
+    NaN where the positive part is all zero, as :func:`gini`.
+    """
     values = positive_part(heatmap).ravel()
     total = values.sum()
-    if total == 0:
-        return float(np.log(values.size))
+    if not 0 < total < np.inf:
+        return float("nan")
     share = values / total
     return float(-(share * np.log(share + 1e-12)).sum())
 
@@ -59,6 +66,8 @@ def resolution_px(heatmap: np.ndarray) -> float:
     every pixel gives about 1-2. NaN for a constant map.
     """
     values = positive_part(heatmap)
+    if not np.isfinite(values).all():  # the profile would never fall to one half and read as the widest grain
+        return float("nan")
     key = (values.shape, hashlib.blake2b(np.ascontiguousarray(values, dtype=np.float64).tobytes()).digest())
     if key not in _RESOLUTIONS:
         if len(_RESOLUTIONS) >= _RESOLUTIONS_KEPT:
@@ -139,8 +148,9 @@ def class_correlation(heatmaps: HeatmapSet, image: int, part: str = "positive") 
     Parameters
     ----------
     heatmaps : HeatmapSet
-        Its ``probs`` (columns in ``heatmaps.pathologies`` order) choose the findings: probability above
-        0.5, i.e. a positive logit; ``No Finding`` is left out. A set without probabilities (NaN) has none.
+        Its ``probs`` (columns in ``heatmaps.pathologies`` order) choose the findings: probability at least
+        0.5 (a positive prediction, as in the other scores); ``No Finding`` is left out. A set without
+        probabilities (NaN) has none.
     image : int
         Row of the image.
     part : {"positive", "abs", "signed"}
@@ -156,7 +166,8 @@ def class_correlation(heatmaps: HeatmapSet, image: int, part: str = "positive") 
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}.")
-    keep = [j for j, name in enumerate(heatmaps.pathologies) if name != "No Finding" and heatmaps.probs[image, j] > 0.5]
+    probs = heatmaps.probs[image]
+    keep = [j for j, name in enumerate(heatmaps.pathologies) if name != "No Finding" and probs[j] >= 0.5]
     if len(keep) < 2:
         return float("nan")
     flat = heatmaps.maps[image, keep].reshape(len(keep), -1).astype(np.float64)

@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from helpers import labels
-from helpers.explainers import model_device
+from helpers.explainers import frozen_eval, model_device
 from helpers.heatmaps import HeatmapSet
 from helpers.metrics.base import COLUMNS
 from helpers.metrics.localisation import hit, mass_accuracy, rank_accuracy
@@ -48,8 +48,7 @@ REGION_SCORES = {"mass": mass_accuracy, "excess": excess_mass, "max": hit, "rank
 def logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Float64 ``(n, 14)`` logits of ``inputs`` (moved to the model's device in batches)."""
     device = model_device(model)
-    model.eval()
-    with torch.no_grad():
+    with frozen_eval(model), torch.no_grad():  # the caller's mode back afterwards
         out = [model(inputs[s : s + batch_size].to(device)) for s in range(0, len(inputs), batch_size)]
     return to_numpy(torch.cat(out)).astype(np.float64)
 

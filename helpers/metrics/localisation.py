@@ -200,6 +200,8 @@ def mass_accuracy(heatmap: np.ndarray, mask: np.ndarray) -> float:
     """Share of the positive relevance inside the mask (Arras et al. 2022)."""
     values, mask = positive_part(heatmap), np.asarray(mask, bool)  # an integer mask would index, not select
     total = values.sum()
+    if not np.isfinite(total):  # a diverged map is no map, not a flat one at chance
+        return float("nan")
     return float(values[mask].sum() / total) if total > 0 else float(mask.mean())
 
 

@@ -276,8 +276,8 @@ def strata(
 
     ``prediction`` is ``"true positive"`` where the probability is at least 0.5 and ``"false negative"``
     otherwise; ``mask_size`` is the tercile (``"small"``, ``"medium"``, ``"large"``) of the mask's area among all
-    the positive pairs (NaN with fewer than three pairs: no terciles, so no such stratum). Merge with a score
-    table on ``image, pathology`` and pass ``by=[...]`` to :func:`summarise`.
+    the positive pairs, equal areas in the same one (NaN with fewer than three pairs: no terciles, so no such
+    stratum). Merge with a score table on ``image, pathology`` and pass ``by=[...]`` to :func:`summarise`.
 
     Parameters
     ----------
@@ -298,13 +298,19 @@ def strata(
             if codes[i, k] == 1 and masks[i, k].any():
                 rows.append((str(image_id), pathology, probs[i, j] >= 0.5, masks[i, k].mean()))
     table = pd.DataFrame(rows, columns=["image", "pathology", "predicted", "area"])
-    # ranks first: equal areas (a finding drawn the same size twice) must not collapse a tercile's edges
-    sizes = (
-        pd.qcut(table["area"].rank(method="first"), 3, labels=["small", "medium", "large"]).astype(str)
-        if len(table) >= 3
-        else pd.Series(np.nan, index=table.index, dtype=object)
-    )
+    sizes = _area_terciles(table["area"]) if len(table) >= 3 else pd.Series(np.nan, index=table.index, dtype=object)
     return table.assign(prediction=np.where(table.pop("predicted"), "true positive", "false negative"), mask_size=sizes)
+
+
+def _area_terciles(areas: pd.Series) -> pd.Series:
+    """``"small"``, ``"medium"`` or ``"large"`` per area; equal areas share a tercile.
+
+    The edges are cut on distinct ranks, so that a run of equal areas (a finding drawn the same size twice) cannot
+    collapse them; each run then goes whole to the tercile of its average rank, not split by row order.
+    """
+    _, edges = pd.qcut(areas.rank(method="first"), 3, retbins=True)
+    tercile = pd.cut(areas.rank(method="average"), edges, labels=["small", "medium", "large"], include_lowest=True)
+    return tercile.astype(str)
 
 
 def sample_table(codes: np.ndarray, masks: np.ndarray, patients: Sequence[str]) -> pd.DataFrame:
