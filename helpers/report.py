@@ -122,6 +122,12 @@ def _seed_sections(run: Run, reference: str) -> list[str]:
             "p < 0.05; every metric in `figures/seeds_*.csv`):",
             _markdown(_seed_rows(_headline(run.table(f"seeds_versus_{reference}")))),
         ]
+    others = [r for r in REFERENCE_NAMES if r != reference and run.table_path(f"seeds_versus_{r}").is_file()]
+    if others and not sections:  # said, not dropped: the seeds compared with another map than this run
+        sections.append(
+            f"The seed table against the {REFERENCE_NAMES[others[0]]} is not shown: this run's reference is the "
+            f"{REFERENCE_NAMES[reference]}. Run `make seeds` again."
+        )
     if run.table_path("seeds_granularity").is_file():
         sections += [
             "**Across training seeds: granularity against Grad-CAM at each layer** (resolution gap lower is better, "

@@ -198,19 +198,13 @@ def test_prepared_images_cut_short_are_named(small_phantom, tmp_path):
 def test_a_full_disk_is_a_clear_error_before_decoding_and_leaves_no_file(small_phantom, frame, tmp_path, monkeypatch):
     decoded = []
     monkeypatch.setattr(cache, "load_image", lambda path, size: decoded.append(path) or np.zeros((size, size)))
-
-    def full(fd, offset, length):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(data.DatasetError, match=r"No room for the image cache .*c\.npy.*GiB.*No space left"):
+    needed = 128 + 4 * SIZE * SIZE  # header and rows
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=needed - 1))
+    with pytest.raises(data.DatasetError, match=r"No room in .*cache for the image cache: it needs 0\.00 GiB"):
         data.build_image_cache(frame.iloc[:4], small_phantom, SIZE, tmp_path / "cache" / "c.npy", workers=1)
     assert decoded == [] and leftovers(tmp_path / "cache") == []
-
-    def unsupported(fd, offset, length):
-        raise OSError(95, "Operation not supported")
-
-    monkeypatch.setattr(os, "posix_fallocate", unsupported)  # a file system without allocation: decoded anyway
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=needed))  # just enough
     images, _, _ = data.build_image_cache(frame.iloc[:4], small_phantom, SIZE, tmp_path / "cache" / "c.npy", workers=1)
     assert len(decoded) == 4 and images.shape == (4, SIZE, SIZE)
 

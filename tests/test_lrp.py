@@ -337,3 +337,23 @@ def test_lrp_epsilon_puts_no_rule_on_a_batchnorm_that_canonization_folded_away(c
     with composite.context(compact64):
         hooked = [m for m in compact64.modules() if isinstance(m, torch.nn.BatchNorm2d) and m._forward_hooks]
     assert len(hooked) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in compact64.modules())
+
+
+def _rules_on_batchnorms(net, composite) -> set[str]:
+    """Names of the rule classes hooked on ``net``'s BatchNorms while ``composite`` is registered."""
+    with composite.context(net):
+        return {
+            type(hook.__self__).__name__
+            for module in net.modules()
+            if isinstance(module, torch.nn.BatchNorm2d)
+            for hook in module._forward_hooks.values()
+            if hasattr(hook, "__self__")
+        }
+
+
+def test_batchnorms_zennits_resnet_canonizer_merged_get_the_pass_rule():
+    from helpers.canonizers import canonizers_for
+
+    net = _randomise_batchnorm(torchvision.models.resnet18(num_classes=14))
+    assert _rules_on_batchnorms(net, lrp.make_composite("epsilon", canonizers_for(net, 2))) == {"Pass"}
+    assert _rules_on_batchnorms(net, lrp.make_composite("epsilon", canonizers_for(net, 1))) == {"Epsilon"}

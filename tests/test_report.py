@@ -96,7 +96,8 @@ def test_the_reference_is_the_summarys_not_a_stale_table_beside_it(run):
     run.save_table(pd.DataFrame([stale]), "seeds_versus_prior")
     text = report.results_markdown(run)
     assert "paired difference to the random map" in text and "+0.30 (+0.20 to +0.40), p=0.01: better" in text
-    assert "-0.10 (-0.20 to +0.00)" not in text and "against the finding prior" not in text
+    assert "-0.10 (-0.20 to +0.00)" not in text and "against the finding prior**" not in text
+    assert "The seed table against the finding prior is not shown: this run's reference is the random map" in text
 
 
 def _sanity_row(method, mode, stage, mean, passes):
