@@ -27,7 +27,7 @@ from skimage.segmentation import find_boundaries
 from helpers import labels
 from helpers.heatmaps import HeatmapSet, normalise
 from helpers.io import atomic_path
-from helpers.widgets import CAM_CMAP, LRP_CMAP, label_text, symmetric_scale
+from helpers.widgets import CAM_CMAP, LRP_CMAP, check_map_shape, grey_range, label_text, map_note, symmetric_scale
 
 #: The page: ``__TITLE__`` and ``__DATA__`` (the JSON of :func:`viewer_data`) are filled in.
 TEMPLATE = Path(__file__).parent / "resources" / "viewer.html"
@@ -40,13 +40,15 @@ OUTLINE = np.array([0, 229, 255], np.uint8)
 def overlay(image: np.ndarray, heatmap: np.ndarray, signed: bool, mask: np.ndarray | None = None) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)``: the map over the grey radiograph, scaled as the notebook viewers scale it (signed maps
     symmetric around 0 at the 99.5th percentile of ``|R|`` on a diverging map, others min-max on a sequential map),
-    with the mask's outline in cyan."""
+    with the mask's outline in cyan. NaN and inf pixels show the radiograph alone, as in the notebook viewers."""
+    check_map_shape(image, heatmap)
     if signed:
         colours = colormaps[LRP_CMAP]((symmetric_scale(heatmap) + 1) / 2)[..., :3]
     else:
         colours = colormaps[CAM_CMAP](normalise(np.nan_to_num(heatmap)[None], "minmax")[0])[..., :3]
-    grey = np.repeat(image[..., None] / 255.0, 3, axis=-1)
-    rgb = np.round(((1 - ALPHA) * grey + ALPHA * colours) * 255).astype(np.uint8)
+    grey = np.repeat(image[..., None] / grey_range(image), 3, axis=-1)
+    blended = np.where(np.isfinite(heatmap)[..., None], (1 - ALPHA) * grey + ALPHA * colours, grey)
+    rgb = np.round(blended * 255).astype(np.uint8)
     if mask is not None and mask.any():
         rgb[find_boundaries(mask, mode="inner")] = OUTLINE
     return rgb
@@ -67,7 +69,8 @@ def viewer_data(
     quality: int = 85,
 ) -> dict:
     """The viewer's content: ids, pathologies, methods, per-frame titles and base64 JPEG frames
-    ``frames[method][image][pathology]`` (pathologies those every set explains, in CheXpert order)."""
+    ``frames[method][image][pathology]`` (pathologies those every set explains, in CheXpert order), and per frame
+    the note its caption carries for a diverged or constant map (:func:`helpers.widgets.map_note`; else "")."""
     first = next(iter(sets.values()))
     pathologies = [p for p in first.pathologies if all(p in s.pathologies for s in sets.values())]
     frames, probs = {}, {}
@@ -87,6 +90,10 @@ def viewer_data(
         [label_text(codes[i, labels.PATHOLOGIES.index(p)]) if codes is not None else "" for p in pathologies]
         for i in range(len(images))
     ]
+    notes = {
+        name: [[(map_note(maps.map(i, p)) or "").replace("\n", " ") for p in pathologies] for i in range(len(images))]
+        for name, maps in sets.items()
+    }
     return {
         "ids": list(first.image_ids[: len(images)]),
         "pathologies": pathologies,
@@ -94,6 +101,7 @@ def viewer_data(
         "frames": frames,
         "probs": probs,
         "labels": label_names,
+        "notes": notes,
     }
 
 
@@ -107,7 +115,7 @@ def write_viewer(path: str | Path, data: dict, title: str) -> Path:
     page = (
         TEMPLATE.read_text(encoding="utf-8")
         .replace("__TITLE__", html.escape(title))
-        .replace("__DATA__", json.dumps(data, separators=(",", ":")))
+        .replace("__DATA__", json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))  # no "</script>" inside
     )
     with atomic_path(path) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")

@@ -44,6 +44,9 @@ class atomic_path:
         self._lock, self.tmp = _create_temporary(self.target.parent, prefix)
         if fcntl is not None:
             fcntl.flock(self._lock, fcntl.LOCK_EX)  # held while this process lives: the file is not stale
+        else:  # no lock to hold, and Windows renames or deletes no file that is still open
+            os.close(self._lock)
+            self._lock = None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -53,7 +56,8 @@ class atomic_path:
             else:
                 self.tmp.unlink(missing_ok=True)
         finally:
-            os.close(self._lock)
+            if self._lock is not None:
+                os.close(self._lock)
 
 
 def _create_temporary(folder: Path, prefix: str) -> tuple[int, Path]:

@@ -338,12 +338,10 @@ def meta_mismatches(meta: dict, **expected) -> list[str]:
     ]
 
 
-def check_meta(meta: dict, path, **expected) -> None:
-    """Raise :class:`CheckpointError` naming every field where ``meta`` differs from ``expected``."""
+def check_meta(
+    meta: dict, path, advice: str = "Retrain (notebook 02) or choose the matching profile.", **expected
+) -> None:
+    """Raise :class:`CheckpointError` naming every field where ``meta`` differs from ``expected``, then ``advice``."""
     mismatches = meta_mismatches(meta, **expected)
     if mismatches:
-        raise CheckpointError(
-            f"Checkpoint {path} does not match this run: "
-            + "; ".join(mismatches)
-            + ". Retrain (notebook 02) or choose the matching profile."
-        )
+        raise CheckpointError(f"Checkpoint {path} does not match this run: " + "; ".join(mismatches) + f". {advice}")

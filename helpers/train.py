@@ -193,6 +193,7 @@ def fit(
         If the loss stops being finite.
     """
     out_dir, settings = Path(out_dir), profile.train
+    _check_normalisation(profile, {"train_set": train_set, "val_set": val_set})
     device = torch.device(device) if device is not None else select_device()
     model = model.to(device, memory_format=torch.channels_last)  # ~15% faster convolutions on CPU
     processes = _world_size()  # recorded: with lr_reference_batch the rate depends on it (the global batch)
@@ -250,6 +251,20 @@ def fit(
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return pd.DataFrame(state["history"])
+
+
+def _check_normalisation(profile: Profile, sets: dict) -> None:
+    """Refuse sets normalised otherwise than ``profile`` says: the checkpoint records the profile's mean and std,
+    and every explanation normalises its inputs with them (a model fitted on other inputs would be explained on
+    inputs it never saw)."""
+    expected = (list(profile.mean), list(profile.std))
+    for name, dataset in sets.items():
+        used = (list(dataset.mean), list(dataset.std))
+        if not (np.allclose(used[0], expected[0]) and np.allclose(used[1], expected[1])):
+            raise ValueError(
+                f"{name} normalises with mean {used[0]} and std {used[1]}, profile {profile.name!r} with "
+                f"{expected[0]} and {expected[1]} (what the checkpoint records): make the set with the profile's."
+            )
 
 
 def _check_validation_defined(targets: np.ndarray, mask: np.ndarray) -> None:
@@ -372,7 +387,11 @@ def _restore(path: Path, model, stateful: tuple, profile: Profile, processes: in
     """Weights, ``stateful`` (optimizer, scheduler, AMP scaler) and the loop's state from ``last.pt``."""
     payload = models.read_checkpoint(path)
     meta = _with_processes(payload["meta"])
-    models.check_meta(meta, path, **continuation_fields(profile, processes), **_recorded_data(meta, data))
+    advice = (  # notebook 02 is what got here: "retrain" must say how
+        f"It cannot be continued with these settings: delete {path.parent} to train again from the start, or "
+        f"choose the profile it was trained with."
+    )
+    models.check_meta(meta, path, advice, **continuation_fields(profile, processes), **_recorded_data(meta, data))
     models.load_weights(model, payload["state_dict"], path)
     optimizer, scheduler, scaler = stateful
     optimizer.load_state_dict(payload["optimizer"])
@@ -532,6 +551,13 @@ def load_trained(
             f"Checkpoint {path} was trained on other data (fingerprint {meta['data']}) than notebook 01 prepared "
             f"since ({data}): train again (notebook 02, profile {profile.name!r})."
         )
+    last = path.parent / LAST
+    unfinished = _not_ended(models.read_checkpoint(last), profile) if last.is_file() else None
+    if unfinished:  # its best.pt is a model of an interrupted (or other) run, not the profile's trained model
+        raise models.CheckpointError(
+            f"{path} is from a run that has not finished as profile {profile.name!r} trains: {unfinished}. "
+            f"Run notebooks/02_train.ipynb to finish it."
+        )
     return model.to(device or select_device()).eval(), meta
 
 
@@ -558,15 +584,28 @@ def discard_other_settings(model_dir: str | os.PathLike, profile: Profile, data:
 
 
 def _finished_with(last: Path, profile: Profile, data: str | None = None) -> bool:
-    """Whether ``last`` ends a run of these settings that was meant to last ``max_epochs`` (so it is done)."""
+    """Whether ``last`` ends a run of these settings that was meant to last ``max_epochs`` and ended (so it is done)."""
     if not last.is_file():
         return False
     try:
-        meta = models.read_checkpoint(last)["meta"]
+        payload = models.read_checkpoint(last)
     except models.CheckpointError:
         return False
-    expected = {**config.resume_fields(profile), "max_epochs": profile.train.max_epochs, **_recorded_data(meta, data)}
-    return not models.meta_mismatches(meta, **expected)
+    meta = payload["meta"]
+    expected = {**config.resume_fields(profile), **_recorded_data(meta, data)}
+    return not models.meta_mismatches(meta, **expected) and _not_ended(payload, profile) is None
+
+
+def _not_ended(last: dict, profile: Profile) -> str | None:
+    """Why the run whose ``last.pt`` payload is ``last`` has not ended as ``profile``'s would; None where it has:
+    it was meant to last the profile's ``max_epochs`` and reached them, or stopped early (patience ran out)."""
+    meta, state, settings = last["meta"], last.get("state", {}), profile.train
+    if meta.get("max_epochs") != settings.max_epochs:
+        return f"it was trained for max_epochs={meta.get('max_epochs')}, the profile has {settings.max_epochs}"
+    epoch, stale = state.get("epoch", settings.max_epochs), state.get("stale", 0)  # older files: no state to read
+    if epoch < settings.max_epochs and stale < settings.patience:
+        return f"it stopped after epoch {epoch} of {settings.max_epochs} (interrupted?)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

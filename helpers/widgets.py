@@ -25,6 +25,8 @@ LRP_CMAP = "RdBu_r"
 LABEL_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
 #: What a panel says over a constant map, which carries no location.
 EMPTY_MAP = "empty map\n(every pixel the same)"
+#: What a panel says over a map with NaN or inf (e.g. LRP that diverged), drawn without them: not "no relevance".
+DIVERGED_MAP = "diverged map\n(NaN or inf: not scored)"
 #: Font sizes of the viewers' titles and of the text under and over the panels.
 TITLE_PT, TEXT_PT = 8, 7
 #: Fixed margins of the viewer frames (room for two-line titles, the colour bar, three-line titles and five lines of
@@ -49,11 +51,23 @@ def label_text(code: float) -> str:
 
 
 def symmetric_scale(heatmap: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """Signed map divided by a high percentile of its absolute values and clipped to [-1, 1]."""
-    magnitude = np.abs(np.nan_to_num(np.asarray(heatmap, dtype=np.float64), posinf=0, neginf=0))
+    """Signed map divided by a high percentile of its finite absolute values and clipped to [-1, 1]; NaN where the
+    map is NaN or inf (drawn as nothing: a diverged pixel has no relevance to show, neither zero nor full)."""
+    values = np.asarray(heatmap, dtype=np.float64)
+    magnitude = np.abs(np.nan_to_num(values, nan=0, posinf=0, neginf=0))
     limit = np.percentile(magnitude, percentile)
     limit = limit if limit > 0 else magnitude.max()
-    return np.clip(heatmap / limit, -1, 1) if limit > 0 else np.zeros_like(magnitude)
+    scaled = np.clip(values / limit, -1, 1) if limit > 0 else np.zeros_like(magnitude)
+    return np.where(np.isfinite(values), scaled, np.nan)
+
+
+def map_note(heatmap: np.ndarray) -> str | None:
+    """What a panel of ``heatmap`` must say because its colours cannot (:data:`DIVERGED_MAP`, :data:`EMPTY_MAP`), or
+    None: an all-NaN map on a diverging scale would look like a map of zeros, a constant map like a uniform veil."""
+    values = np.asarray(heatmap, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return DIVERGED_MAP
+    return None if np.ptp(values) else EMPTY_MAP
 
 
 def short_name(method: str) -> str:
@@ -63,9 +77,23 @@ def short_name(method: str) -> str:
 
 
 def draw_radiograph(ax: plt.Axes, image: np.ndarray) -> None:
-    """The radiograph in gray at its fixed range (0-255, or 0-1 for floats), the same in every panel: a panel
-    drawn without limits would be contrast-stretched and look unlike the overlays beside it."""
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.max() > 1 else 1)
+    """The radiograph in gray at its fixed range (:func:`grey_range`), the same in every panel: a panel drawn
+    without limits would be contrast-stretched and look unlike the overlays beside it."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=grey_range(image))
+
+
+def grey_range(image: np.ndarray) -> float:
+    """The white of a radiograph: 255 for 8-bit images (and floats above 1), 1 for floats in [0, 1]."""
+    return 255.0 if image.dtype == np.uint8 or image.max() > 1 else 1.0
+
+
+def check_map_shape(image: np.ndarray, heatmap: np.ndarray) -> None:
+    """A clear error where a map does not cover its radiograph pixel for pixel (it would be drawn over a corner)."""
+    if np.shape(heatmap) != np.shape(image)[:2]:
+        raise ValueError(
+            f"The map is {np.shape(heatmap)} and the radiograph {np.shape(image)[:2]}: draw maps at the image's size "
+            f"(helpers.heatmaps.to_original_size)."
+        )
 
 
 def render_overlay(
@@ -84,6 +112,7 @@ def render_overlay(
     of ``|relevance|`` (a handful of extreme pixels would otherwise wash the rest out); non-negative
     maps (CAM) are min-max scaled into a perceptually uniform sequential map.
     """
+    check_map_shape(image, heatmap)
     draw_radiograph(ax, image)
     if signed:
         shown = ax.imshow(symmetric_scale(heatmap), cmap=LRP_CMAP, vmin=-1, vmax=1, alpha=alpha)
@@ -92,10 +121,9 @@ def render_overlay(
         shown = ax.imshow(scaled, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=alpha)
     if mask is not None and mask.any():
         ax.contour(mask, levels=[0.5], colors="#00e5ff", linewidths=1.0)
-    values = np.asarray(heatmap, dtype=np.float64)
-    if np.isfinite(values).all() and not np.ptp(values):
-        # a constant map (e.g. an all-zero CAM) would otherwise look like a uniform veil on its colour scale
-        ax.text(0.5, 0.5, EMPTY_MAP, transform=ax.transAxes, ha="center", va="center", fontsize=TEXT_PT, color="white")
+    note = map_note(heatmap)
+    if note:
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=TEXT_PT, color="white")
     ax.set_title(title, fontsize=TITLE_PT)
     ax.axis("off")
     return shown

@@ -289,6 +289,10 @@ def test_dataset_items_and_workers(small_phantom, tmp_path):
     assert torch.allclose(item["image"][1], expected)
     direct = data.to_model_input(torch.from_numpy(np.array(prepared.images["train"][0]))[None], (0.5,) * 3, (0.25,) * 3)
     assert torch.equal(item["image"], direct[0])
+    scaled = torch.full((1, 4, 4), 0.5)  # already in [0, 1]: dividing by 255 again would make it near-constant
+    with pytest.raises(TypeError, match="takes uint8 images.*float32"):
+        data.to_model_input(scaled, (0.5,) * 3, (0.25,) * 3)
+    assert torch.equal(scaled, torch.full((1, 4, 4), 0.5))  # and the caller's tensor is left as it was
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2)
     batches = list(loader)
     assert sum(len(b["target"]) for b in batches) == len(dataset)

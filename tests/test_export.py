@@ -6,6 +6,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from helpers import export, labels
@@ -33,6 +34,33 @@ def test_overlay_uses_the_viewers_colours_and_outlines_the_mask():
     assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
     assert rgb[4, 4, 0] > rgb[4, 4, 2] and rgb[10, 10, 2] > rgb[10, 10, 0], "red for, blue against"
     assert (rgb[8, 1] == export.OUTLINE).all() and not (rgb[10, 3] == export.OUTLINE).all(), "outline, not fill"
+
+
+def test_a_diverged_map_is_not_drawn_as_zero_relevance_and_its_frame_says_so(tmp_path):
+    image = np.full((8, 8), 100, np.uint8)
+    zeros, diverged = np.zeros((8, 8), np.float32), np.full((8, 8), np.nan, np.float32)
+    assert not np.array_equal(export.overlay(image, diverged, True), export.overlay(image, zeros, True))
+    one_nan = np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)
+    one_nan[2, 2] = np.nan
+    assert (export.overlay(image, one_nan, True)[2, 2] == 100).all(), "the radiograph alone, not black"
+    sets = _sets(n=1, size=8)
+    sets["lrp_z"].maps[0, 1] = np.nan
+    data = export.viewer_data(np.full((1, 8, 8), 90, np.uint8), sets)
+    assert data["notes"]["lrp_z"][0] == ["", "diverged map (NaN or inf: not scored)"]
+    assert data["notes"]["gradcam"][0] == ["", ""]
+    data["ids"] = ["</script><script>alert(1)</script>"]  # an id cannot end the page's script
+    page = export.write_viewer(tmp_path / "v.html", data, "t").read_text()
+    assert page.count("</script>") == 1
+    assert json.loads(re.search(r"const data = (\{.*\});", page).group(1))["ids"] == data["ids"]
+
+
+def test_overlay_takes_the_radiograph_as_the_widgets_draw_it_and_refuses_maps_of_another_size():
+    zeros = np.zeros((8, 8), np.float32)
+    as_float = export.overlay(np.full((8, 8), 0.5), zeros, False)  # a float image in [0, 1], as draw_radiograph takes
+    as_bytes = export.overlay(np.full((8, 8), 128, np.uint8), zeros, False)
+    assert np.abs(as_float.astype(int) - as_bytes.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match=r"The map is \(4, 4\) and the radiograph \(8, 8\)"):
+        export.overlay(np.zeros((8, 8), np.uint8), np.zeros((4, 4)), True)
 
 
 def test_viewer_holds_every_frame_and_needs_nothing_outside(tmp_path):

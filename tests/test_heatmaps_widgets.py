@@ -182,3 +182,17 @@ def test_a_constant_map_is_labelled_empty():
     assert [t.get_text() for t in ax_empty.texts] == [widgets.EMPTY_MAP]
     assert not ax_full.texts
     plt.close(fig)
+
+
+def test_a_diverged_map_is_labelled_and_its_pixels_drawn_as_nothing():
+    """An all-NaN LRP map scaled to zeros looked like a map of no relevance, unlabelled; inf pixels like full."""
+    fig, (ax_nan, ax_inf) = plt.subplots(1, 2)
+    image = np.zeros((16, 16), np.uint8)
+    widgets.render_overlay(ax_nan, image, np.full((16, 16), np.nan), signed=True)
+    with_inf = np.linspace(-1, 1, 256).reshape(16, 16)
+    with_inf[3, 3] = np.inf
+    shown = widgets.render_overlay(ax_inf, image, with_inf, signed=True)
+    assert [t.get_text() for t in ax_nan.texts] == [widgets.DIVERGED_MAP] == [t.get_text() for t in ax_inf.texts]
+    assert np.ma.is_masked(shown.get_array()[3, 3]) or np.isnan(shown.get_array()[3, 3])
+    assert np.isnan(widgets.symmetric_scale(np.full((4, 4), np.nan))).all()
+    plt.close(fig)

@@ -1,5 +1,6 @@
 """helpers.io.atomic_path: a file is either the old one or the whole new one, never a half-written one."""
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -114,3 +115,34 @@ def test_written_files_and_new_folders_get_the_mode_of_any_new_file_not_a_privat
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "table.csv").stat().st_mode) == 0o644  # mkstemp's would be 0o600
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755 and folder.name.startswith(".phantom.")
+
+
+def _open_descriptors_of(path) -> list[str]:
+    """The descriptors of this process open on ``path`` (Linux's /proc)."""
+    folder = "/proc/self/fd"
+    return [fd for fd in os.listdir(folder) if os.path.realpath(os.path.join(folder, fd)) == os.path.realpath(path)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads the open descriptors from Linux's /proc")
+@pytest.mark.parametrize("fails", [False, True])
+def test_without_advisory_locks_the_temporary_is_closed_before_its_rename_or_removal(tmp_path, monkeypatch, fails):
+    """Windows (no fcntl) renames or deletes no file that is still open: every write failed with WinError 32."""
+    from helpers import io
+
+    open_at = []
+    rename, unlink = os.replace, type(tmp_path).unlink
+    monkeypatch.setattr(io, "fcntl", None)
+
+    def checked(action):
+        return lambda path, *args, **kwargs: (open_at.append(_open_descriptors_of(path)), action(path, *args, **kwargs))
+
+    monkeypatch.setattr(io.os, "replace", checked(rename))
+    monkeypatch.setattr(type(tmp_path), "unlink", checked(unlink))
+    target = tmp_path / "table.csv"
+    with pytest.raises(Interrupted) if fails else contextlib.nullcontext():
+        with atomic_path(target) as tmp:
+            tmp.write_text("a,b\n")
+            if fails:
+                raise Interrupted
+    assert open_at == [[]]
+    assert target.exists() != fails and [p.name for p in tmp_path.iterdir()] == ([] if fails else ["table.csv"])

@@ -224,6 +224,20 @@ def test_perturbation_scores_of_a_map_do_not_depend_on_the_pairs_before_it():
     assert training.training and all(p.requires_grad for p in training.parameters())  # left as it came
 
 
+def test_perturbation_refuses_maps_of_other_inputs_by_name():
+    """Maps at another size, or of another batch, give a clear error naming the method, not a reshape trace or
+    another image's map scored."""
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    small = _heatmap_set(np.ones((2, 14, SIZE // 2, SIZE // 2)), "coarse")
+    with pytest.raises(ValueError, match=rf"coarse's maps are 2 of {SIZE // 2} x {SIZE // 2} px"):
+        metrics.perturbation_scores(RegionModel(), images, small, [(0, "Edema")], steps=4)
+    one_image = _heatmap_set(np.ones((1, 14, SIZE, SIZE)), "other")
+    with pytest.raises(ValueError, match="the inputs 2 images"):
+        metrics.perturbation_scores(RegionModel(), images, one_image, [(0, "Edema")], steps=4)
+    with pytest.raises(ValueError, match="coarse's maps"):
+        metrics.counterfactual_perturbation_scores(RegionModel(), images, images[:1], small, [(0, "Edema")], steps=4)
+
+
 def test_occlusion_finds_the_region_that_matters():
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     result = explainers.create("occlusion").explain(RegionModel(), images, image_ids=["a", "b"])

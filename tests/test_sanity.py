@@ -1,5 +1,7 @@
 """Sanity checks (Adebayo et al. 2018): model and data randomisation, similarities, and the sign-aware verdict."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,6 +159,21 @@ def test_independent_randomisation_resets_only_its_stage():
     first = [frame[frame["metric"].str.contains(":top:")]["value"].to_numpy() for frame in results.values()]
     np.testing.assert_array_equal(*first)  # same seed, same single stage: the two modes agree
     assert not np.array_equal(*(frame["value"].to_numpy() for frame in results.values()))
+
+
+def test_randomised_weights_come_from_the_seed_on_the_cpu_and_leave_the_global_generator_alone():
+    """The same seed, the same weights on every device: drawn on the CPU as a hand re-initialisation would be; the
+    caller's random state is not consumed (it was reseeded by every stage)."""
+    model = ThreeConvs().eval()
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    (stage, randomised), *_ = sanity._randomised_models(model, THREE_STAGES[:1], "cascading", seed=7)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    by_hand = copy.deepcopy(model.get_submodule(THREE_STAGES[0][1][0]))
+    torch.manual_seed(7)
+    by_hand.reset_parameters()
+    for name, value in by_hand.state_dict().items():
+        torch.testing.assert_close(randomised.get_submodule(THREE_STAGES[0][1][0]).state_dict()[name], value)
 
 
 def test_model_randomisation_rejects_unknown_stages_and_modes():

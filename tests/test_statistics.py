@@ -68,6 +68,46 @@ def test_paired_tests_count_patients_not_images_and_refuse_unmapped_images_and_r
         metrics.paired_differences(pd.concat([scores, _scores({"a": base})]), "a", "b", n_boot=10)
 
 
+def test_no_verdict_when_the_ranks_lean_against_the_mean():
+    """40 patients a little worse under a, 8 much better: the mean (and its CI) says a is better, the signed ranks
+    say most patients are worse. Tested two-sided, the ranks' own significance (p = 0.01) made the table read
+    "a better"; toward the mean they are not significant at all."""
+    difference = np.r_[np.full(40, -0.01), np.full(8, 1.0)]
+    scores = _scores({"a": 0.5 + difference / 2, "b": np.full(48, 0.5)})
+    row = metrics.outcome(metrics.compare(scores, [("a", "b")], ["hit"], n_boot=2000)).iloc[0]
+    assert row["ci_low"] > 0 and row["mean_difference"] > 0  # the CI alone would call it
+    assert row["p_value"] == 1.0 and row["outcome"] == 0
+    flipped = _scores({"a": 0.5 - difference / 2, "b": np.full(48, 0.5)})  # the same, mirrored: also no verdict
+    assert metrics.outcome(metrics.compare(flipped, [("a", "b")], ["hit"], n_boot=2000)).iloc[0]["outcome"] == 0
+
+
+def test_where_ranks_and_mean_agree_the_p_value_is_the_two_sided_one():
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    prior = rng.random(30)
+    difference = rng.normal(-0.1, 0.2, 30)
+    table = metrics.compare(_scores({"a": prior + difference, "b": prior}), [("a", "b")], ["hit"], n_boot=100)
+    expected = stats.wilcoxon(difference, zero_method="zsplit").pvalue
+    assert table["p_value"].item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_descriptive_metrics_do_not_weaken_the_holm_correction_of_verdicts():
+    """gini and resolution_px have no better direction, so no verdict: adding them leaves the verdicts' p_holm."""
+    rng = np.random.default_rng(5)
+    base = rng.random(30)
+    scores = pd.concat(
+        _scores({"a": base + rng.normal(0.05, 0.1, 30), "b": base}, metric=name)
+        for name in ("boundary_f1", "gini", "resolution_px")
+    )
+    alone = metrics.compare(scores, [("a", "b")], ["boundary_f1"], n_boot=100).set_index("metric")
+    with_descriptive = metrics.compare(scores, [("a", "b")], ["boundary_f1", "gini", "resolution_px"], n_boot=100)
+    with_descriptive = with_descriptive.set_index("metric")
+    assert with_descriptive.loc["boundary_f1", "p_holm"] == alone.loc["boundary_f1", "p_holm"]
+    descriptive = with_descriptive.loc[["gini", "resolution_px"]]  # corrected among themselves
+    assert descriptive["p_holm"].tolist() == pytest.approx(metrics.holm(descriptive["p_value"].to_numpy()).tolist())
+
+
 def test_outcome_follows_the_metric_direction():
     prior = np.linspace(0.1, 0.9, 30)
     scores = pd.concat(
@@ -108,6 +148,9 @@ def test_a_difference_holds_across_seeds_only_if_every_seed_agrees():
     assert metrics.holds_across_seeds(missing_once)["holds"].item() == 0
     worse_everywhere = {k: comparison(-0.1, -1) for k in range(3)}
     assert metrics.holds_across_seeds(worse_everywhere)["holds"].item() == -1
+    twice_in_one_seed = {0: pd.concat([comparison(0.1, 1)] * 2), 1: agreeing[1], 2: comparison(0.08, 1).iloc[:0]}
+    with pytest.raises(ValueError, match="within one seed"):  # seed 0 twice is not two seeds
+        metrics.holds_across_seeds(twice_in_one_seed)
 
 
 def test_across_seeds_reports_the_spread():
@@ -118,6 +161,13 @@ def test_across_seeds_reports_the_spread():
     assert row["seed_mean"] == pytest.approx(0.5) and row["seed_sd"] == pytest.approx(0.1)
     assert (row["seed_min"], row["seed_max"], row["n_seeds"]) == (0.4, 0.6, 3)
     assert row["seed_1"] == 0.5
+    per_pathology = {
+        s: pd.DataFrame({"method": ["a", "a"], "metric": ["hit"] * 2, "pathology": ["Edema", "all"], "mean": [v, v]})
+        for s, v in ((0, 0.4), (1, 0.5), (2, 0.6))
+    }
+    with pytest.raises(ValueError, match="within one seed"):  # six rows are three seeds of two pathologies
+        metrics.across_seeds(per_pathology, ["method", "metric"])
+    assert metrics.across_seeds(per_pathology, ["method", "metric", "pathology"])["n_seeds"].tolist() == [3, 3]
 
 
 def test_results_table_has_no_published_anchor_rows():

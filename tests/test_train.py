@@ -1,4 +1,5 @@
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,7 +26,8 @@ def _tiny_sets(n=24, size=32, seed=0):
     images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
     codes = rng.choice([1.0, 0.0, -1.0, np.nan], size=(n, 14), p=[0.4, 0.3, 0.1, 0.2])
     targets, mask = data.apply_policy(codes, "u-ignore")
-    make = lambda rows: data.ChestXrayDataset(images[rows], targets[rows], mask[rows], (0.5,) * 3, (0.25,) * 3)  # noqa: E731
+    mean, std = config.load_profile("smoke").mean, config.load_profile("smoke").std  # what _config's checkpoints record
+    make = lambda rows: data.ChestXrayDataset(images[rows], targets[rows], mask[rows], mean, std)  # noqa: E731
     return make(slice(0, n - 8)), make(slice(n - 8, n))
 
 
@@ -147,6 +149,38 @@ def test_load_trained_checks_the_profile_and_places_the_model(tmp_path, monkeypa
         train.load_trained(_config(batch_size=4), tmp_path)
     with pytest.raises(FileNotFoundError, match="02_train"):
         train.load_trained(profile, tmp_path / "elsewhere")
+
+
+def test_an_interrupted_or_shorter_run_is_not_loaded_as_the_trained_model(tmp_path):
+    """Notebooks 03-06 load best.pt: after notebook 02 was killed at epoch 1 of 3, or a shorter run from the command
+    line, that is a model of another run, refused with what to do; once the run has ended it loads."""
+    train_set, val_set = _tiny_sets()
+    profile = _config(max_epochs=3, patience=5)
+    train.fit(_fresh_model(), train_set, val_set, profile, tmp_path, progress=False, stop_after_epoch=1)
+    with pytest.raises(models.CheckpointError, match="stopped after epoch 1 of 3.*02_train"):
+        train.load_trained(profile, tmp_path, "cpu")
+    with pytest.raises(models.CheckpointError, match="max_epochs=3, the profile has 5"):
+        train.load_trained(_config(max_epochs=5, patience=5), tmp_path, "cpu")
+    assert not train._finished_with(tmp_path / train.LAST, profile)
+    train.fit(_fresh_model(), train_set, val_set, profile, tmp_path, progress=False)  # resumes to the end
+    assert train.load_trained(profile, tmp_path, "cpu")[1]["max_epochs"] == 3
+    assert train._finished_with(tmp_path / train.LAST, profile)
+
+
+def test_a_run_stopped_early_by_patience_has_ended():
+    profile = _config(max_epochs=6, patience=2)
+    last = lambda epoch, stale: {"meta": {"max_epochs": 6}, "state": {"epoch": epoch, "stale": stale}}  # noqa: E731
+    assert train._not_ended(last(3, 2), profile) is None  # patience ran out at epoch 3
+    assert train._not_ended(last(6, 0), profile) is None
+    assert "stopped after epoch 3 of 6" in train._not_ended(last(3, 1), profile)
+
+
+def test_a_run_that_cannot_be_continued_says_how_to_train_again(tmp_path):
+    """Notebook 02 is what continues a run: "retrain (notebook 02)" from inside it would send the user in a circle."""
+    train_set, val_set = _tiny_sets()
+    train.fit(_fresh_model(), train_set, val_set, _config(max_epochs=1), tmp_path, progress=False)
+    with pytest.raises(models.CheckpointError, match=rf"batch_size: .*delete {re.escape(str(tmp_path))} to train"):
+        train.fit(_fresh_model(), train_set, val_set, _config(max_epochs=2, batch_size=4), tmp_path, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -363,10 +397,18 @@ def test_last_checkpoint_carries_the_amp_loss_scale_and_a_resume_restores_it(tmp
     assert Scaler.loaded["scale"] == 1024.0
 
 
+def test_sets_normalised_otherwise_than_the_checkpoint_records_are_refused(tmp_path):
+    train_set, val_set = _tiny_sets()
+    other = data.ChestXrayDataset(val_set.images, val_set.targets, val_set.loss_mask, (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(ValueError, match=r"val_set normalises with mean \[0.5, 0.5, 0.5\]"):
+        train.fit(_fresh_model(), train_set, other, _config(max_epochs=1), tmp_path, progress=False)
+    assert not (tmp_path / train.LAST).exists()
+
+
 def test_a_validation_split_without_a_defined_auroc_is_refused_before_training(tmp_path):
     train_set, val_set = _tiny_sets()
     blank = data.ChestXrayDataset(
-        val_set.images, np.zeros_like(val_set.targets), np.ones_like(val_set.loss_mask), (0.5,) * 3, (0.25,) * 3
+        val_set.images, np.zeros_like(val_set.targets), np.ones_like(val_set.loss_mask), val_set.mean, val_set.std
     )
     with pytest.raises(train.TrainingError, match=r"validation split \(8 images\) has no pathology with both"):
         train.fit(_fresh_model(), train_set, blank, _config(max_epochs=1), tmp_path, progress=False)

@@ -15,7 +15,14 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     The single channel is replicated to three (what ImageNet-shaped networks take) and normalised
     per channel; every code path that feeds the network goes through here. The result lives on
     ``images``' device.
+
+    Raises
+    ------
+    TypeError
+        For any other dtype: a float image in [0, 1] would be divided by 255 again into a near-constant input.
     """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_model_input takes uint8 images (0-255), got {images.dtype}: convert them first.")
     scaled = images.to(torch.float32).div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
     # made where the images live: a CPU constant would fail against CUDA/MPS (or meta) inputs
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)

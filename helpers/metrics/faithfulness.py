@@ -70,6 +70,7 @@ def perturbation_scores(
     DataFrame
         Columns ``image, pathology, method, metric, value``; metrics ``deletion_auc`` and ``insertion_auc``.
     """
+    _check_maps_of(inputs, [heatmaps])
     inputs = inputs.to(model_device(model))
     baseline = blurred_baseline(inputs)
     fractions = np.linspace(0, 1, steps + 1)
@@ -164,6 +165,7 @@ def counterfactual_perturbation_scores(
     _check_counterfactuals(inputs, counterfactual_inputs, pairs)
     fractions = _fractions(steps, spacing)
     sets = [heatmaps] if isinstance(heatmaps, HeatmapSet) else list(heatmaps)
+    _check_maps_of(inputs, sets)
     rows = {m: [] for m in range(len(sets))}
     with frozen_eval(model):  # the caller's mode and gradients back afterwards
         for p, (i, pathology) in enumerate(pairs):
@@ -172,6 +174,18 @@ def counterfactual_perturbation_scores(
             for m, areas in enumerate(per_set):
                 rows[m] += [(sets[m].image_ids[i], pathology, sets[m].method, k, v) for k, v in areas.items()]
     return pd.DataFrame([row for m in rows for row in rows[m]], columns=COLUMNS)
+
+
+def _check_maps_of(inputs: torch.Tensor, sets: Sequence[HeatmapSet]) -> None:
+    """A clear error where a set's maps are not one per image of ``inputs`` at its size (e.g. maps made of another
+    batch, or at the network's feature resolution), rather than wrong rows scored or a reshape error."""
+    for heatmaps in sets:
+        n, size = heatmaps.maps.shape[0], tuple(heatmaps.maps.shape[-2:])
+        if n != len(inputs) or size != tuple(inputs.shape[-2:]):
+            raise ValueError(
+                f"{heatmaps.method}'s maps are {n} of {size[0]} x {size[1]} px, the inputs {len(inputs)} images of "
+                f"{inputs.shape[-2]} x {inputs.shape[-1]} px: score the maps made of these inputs, at their size."
+            )
 
 
 def _check_counterfactuals(inputs: torch.Tensor, counterfactual_inputs: torch.Tensor, pairs: Sequence) -> None:

@@ -287,15 +287,29 @@ def _checked_stages(model: nn.Module, stages) -> list[tuple[str, list[str]]]:
 
 
 def _randomised_models(model: nn.Module, stages, mode: str, seed: int) -> Iterator[tuple[str, nn.Module]]:
-    """Per stage, the randomised model to explain; cascading reuses one copy, independent starts afresh."""
+    """Per stage, the randomised model to explain; cascading reuses one copy, independent starts afresh.
+
+    The new weights are drawn on the CPU, from a generator forked off the global one (which is left as it was), and
+    then copied to the model's device: the same seed gives the same randomised model on every device, as the
+    gradient family's noise is drawn on the CPU for the same reason.
+    """
     randomised = copy.deepcopy(model)
     for s, (stage, names) in enumerate(stages):
         if mode == "independent" and s > 0:
             randomised = copy.deepcopy(model)
-        torch.manual_seed(seed + s)
-        for name in names:
-            _reset_parameters(randomised.get_submodule(name))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + s)
+            for name in names:
+                _reset_on_cpu(randomised.get_submodule(name))
         yield stage, randomised
+
+
+def _reset_on_cpu(module: nn.Module) -> None:
+    """:func:`_reset_parameters` on a CPU copy of ``module``, the result copied into ``module`` where it is."""
+    fresh = copy.deepcopy(module).cpu()
+    _reset_parameters(fresh)
+    with torch.no_grad():
+        module.load_state_dict(fresh.state_dict())
 
 
 def _map_of(heatmaps: HeatmapSet, i: int, pathology: str) -> np.ndarray:

@@ -17,6 +17,8 @@ from joblib import Parallel, delayed
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from helpers.metrics.tables import BETTER
+
 KEYS = ["method", "pathology", "metric"]
 
 
@@ -126,8 +128,9 @@ def paired_differences(
 
     Differences are taken per (image, pathology) first, where both methods have a value; pathology ``"all"``
     then averages each image's differences, so both methods are always compared on the same maps. The CI
-    resamples patients (with ``patients``) or images; ``p_value`` is the two-sided Wilcoxon signed-rank test of
-    the per-patient (or per-image) mean differences, uncorrected (see :func:`compare`). ``pathologies`` limits
+    resamples patients (with ``patients``) or images; ``p_value`` is the Wilcoxon signed-rank test of the
+    per-patient (or per-image) mean differences, two-sided toward the mean difference (:func:`_signed_rank_p`),
+    uncorrected (see :func:`compare`). ``pathologies`` limits
     the rows (e.g. ``["all"]``; default every pathology and ``"all"``).
     """
     return _paired_rows(_wide_scores(scores), method_a, method_b, n_boot, seed, patients, pathologies)
@@ -147,30 +150,42 @@ def _paired_rows(wide, method_a, method_b, n_boot, seed, patients, pathologies) 
         clusters = patient_clusters(group["image"], patients)
         low, high = bootstrap_ci(group["difference"].to_numpy(), n_boot, seed, clusters=clusters)
         cluster_means = group.groupby(np.asarray(clusters))["difference"].mean().to_numpy()
+        mean = group["difference"].mean()
         rows.append(
             {
                 "pathology": pathology,
                 "metric": metric,
                 "a": method_a,
                 "b": method_b,
-                "mean_difference": group["difference"].mean(),
+                "mean_difference": mean,
                 "ci_low": low,
                 "ci_high": high,
                 "n": len(group),
                 "n_patients": len(cluster_means),
-                "p_value": _signed_rank_p(cluster_means),
+                "p_value": _signed_rank_p(cluster_means, toward=np.sign(mean)),
             }
         )
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
-def _signed_rank_p(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value; 1 when every difference is zero, NaN for fewer than two."""
+def _signed_rank_p(differences: np.ndarray, toward: float = 0.0) -> float:
+    """Wilcoxon signed-rank p-value, two-sided in the direction of the estimate; 1 when every difference is zero,
+    NaN for fewer than two.
+
+    ``toward`` is the sign of the mean difference, the estimate whose CI gives a verdict its direction. The ranks
+    test where the differences are centred, which can lie on the other side of the mean (most patients a little
+    worse, a few much better): the p-value is then twice the one-sided p-value toward the mean, at most 1. Where
+    ranks and mean agree this is the usual two-sided p-value; where they disagree it is near 1, so no verdict
+    rests on a test that points the other way. ``toward=0``: the plain two-sided test.
+    """
     if len(differences) < 2:
         return float("nan")
     if not np.any(differences):
         return 1.0
-    return float(stats.wilcoxon(differences, zero_method="zsplit").pvalue)
+    if toward == 0:
+        return float(stats.wilcoxon(differences, zero_method="zsplit").pvalue)
+    one_sided = stats.wilcoxon(differences, zero_method="zsplit", alternative="greater" if toward > 0 else "less")
+    return float(min(1.0, 2.0 * one_sided.pvalue))
 
 
 def _wide_scores(scores: pd.DataFrame) -> pd.DataFrame:
@@ -209,14 +224,19 @@ def compare(
 ) -> pd.DataFrame:
     """Paired differences ``a - b`` for every (a, b) in ``pairs`` and metric, with Holm-corrected p-values.
 
-    The family corrected together is every row returned (all pairs x metrics at ``pathology``); ``p_holm`` is
-    the corrected p-value. NaN p-values (too few patients) stay NaN and are left out of the family. No pairs: an
-    empty table.
+    The family corrected together is every row returned (all pairs x metrics at ``pathology``) whose metric can
+    give a verdict (it has a better direction in :data:`~helpers.metrics.tables.BETTER`); the rows of metrics
+    without one (``gini``, ``resolution_px``: descriptive) are corrected as a family of their own, so that they
+    cannot weaken a verdict's correction. ``p_holm`` is the corrected p-value. NaN p-values (too few patients) stay
+    NaN and are left out of the family. No pairs: an empty table.
     """
     wide = _wide_scores(scores[scores["metric"].isin(metric_names)])  # bootstrap only what the table reports
     tables = [_paired_rows(wide, a, b, n_boot, seed, patients, [pathology]) for a, b in pairs]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PAIRED_COLUMNS)
-    return table.assign(p_holm=holm(table["p_value"].to_numpy()))
+    p_values, decisive = table["p_value"].to_numpy(dtype=np.float64), table["metric"].isin(BETTER).to_numpy()
+    p_holm = np.full_like(p_values, np.nan)
+    p_holm[decisive], p_holm[~decisive] = holm(p_values[decisive]), holm(p_values[~decisive])
+    return table.assign(p_holm=p_holm)
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
@@ -234,12 +254,26 @@ def across_seeds(tables: Mapping[int, pd.DataFrame], keys: Sequence[str], value:
 
     ``tables`` maps a training seed to that seed's table (e.g. :func:`summarise` or :func:`compare` output).
     """
-    stacked = pd.concat([t.assign(seed=s) for s, t in tables.items()], ignore_index=True)
+    stacked = _stacked_once_per_seed(tables, keys)
     grouped = stacked.groupby(list(keys), sort=False)[value]
     spread = grouped.agg(seed_mean="mean", seed_sd="std", seed_min="min", seed_max="max", n_seeds="count")
     per_seed = stacked.pivot_table(index=list(keys), columns="seed", values=value, sort=False)
     per_seed.columns = [f"seed_{s}" for s in per_seed.columns]
     return spread.join(per_seed).reset_index()
+
+
+def _stacked_once_per_seed(tables: Mapping[int, pd.DataFrame], keys: Sequence[str]) -> pd.DataFrame:
+    """The tables stacked with a ``seed`` column; a clear error where a seed has two rows for the same ``keys``
+    (e.g. a pathology column left out of them), which would be counted as two seeds."""
+    stacked = pd.concat([t.assign(seed=s) for s, t in tables.items()], ignore_index=True)
+    repeated = stacked[stacked.duplicated([*keys, "seed"], keep=False)]
+    if len(repeated):
+        example = repeated.iloc[0][[*keys, "seed"]].astype(str).tolist()
+        raise ValueError(
+            f"{len(repeated)} rows share their {list(keys)} within one seed, e.g. {example}: add the column that "
+            f"tells them apart to the keys, or filter the tables first."
+        )
+    return stacked
 
 
 def holds_across_seeds(comparisons: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
@@ -251,11 +285,11 @@ def holds_across_seeds(comparisons: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
     Compare the seeds over one family (the same methods and metrics), or their Holm corrections differ.
     """
     keys = ["a", "b", "metric", "pathology"]
-    stacked = pd.concat([t.assign(seed=s) for s, t in comparisons.items()], ignore_index=True)
+    stacked = _stacked_once_per_seed(comparisons, keys)
     rows = []
     for key, group in stacked.groupby(keys, sort=False):
         outcomes = set(group["outcome"])
-        agree = len(group) == len(comparisons) and len(outcomes) == 1
+        agree = group["seed"].nunique() == len(comparisons) and len(outcomes) == 1
         rows.append(
             {
                 **dict(zip(keys, key)),
