@@ -148,6 +148,13 @@ def test_bad_folders_and_arguments(tmp_path, small_phantom, replayed, frame):
     (root / phantom.MANIFEST).write_text(json.dumps({**manifest, "seed": 2}))
     with pytest.raises(phantom.ReplayError, match="differs from the rows"):
         phantom.replay(root)
+    (root / phantom.MANIFEST).write_text(json.dumps(manifest))
+    pd.read_csv(root / "train.csv").drop(columns=["Edema"]).to_csv(root / "train.csv", index=False)
+    with pytest.raises(phantom.ReplayError, match="train.csv has no column 'Edema'"):
+        phantom.replay(root)
+    (root / phantom.MANIFEST).write_text("[1, 2]")
+    with pytest.raises(phantom.ReplayError, match="not a phantom: its phantom.json is not a phantom's"):
+        phantom.replay(root)
     one = [frame["image_id"].iat[0]]
     with pytest.raises(ValueError, match="Cannot remove.*No Finding"):
         phantom.render_without(replayed, one, "No Finding")

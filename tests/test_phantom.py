@@ -140,6 +140,19 @@ def test_existing_phantom_is_reused_and_foreign_folder_untouched(tmp_path):
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         phantom.generate(foreign, 6, 48)
     assert (foreign / "notes.txt").read_text() == "keep"
+    for other_tools_json in ("{}", "[1, 2]"):  # another tool's phantom.json: not a phantom, so not replaced
+        (foreign / phantom.MANIFEST).write_text(other_tools_json)
+        with pytest.raises(FileExistsError, match="not a phantom's"):
+            phantom.generate(foreign, 6, 48)
+        assert (foreign / "notes.txt").read_text() == "keep"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    with pytest.raises(FileExistsError, match="a_file exists and is not a complete phantom"):
+        phantom.generate(a_file, 6, 48)
+    numpy_numbers = phantom.generate(tmp_path / "np", np.int64(6), np.int64(48), seed=np.int64(1), n_valid=np.int64(2))
+    plain = phantom.generate(tmp_path / "plain", 6, 48, seed=1, n_valid=2)
+    assert filecmp.cmp(numpy_numbers / phantom.MANIFEST, plain / phantom.MANIFEST, shallow=False)
+    assert filecmp.cmp(numpy_numbers / "train.csv", plain / "train.csv", shallow=False)
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ stream in the writer's order, which only the writer's own code (shared here, not
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from helpers.phantom.writer import (
     default_threads,
     marker_rows,
     patient_batches,
+    read_manifest,
     render_rows,
     sample_splits,
     threaded_map,
@@ -218,11 +218,10 @@ def replay(root: str | Path) -> PhantomReplay:
 
 def _read_manifest(root: Path) -> dict:
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError) as error:
+        manifest = read_manifest(root)
+    except ValueError as why:
         raise ReplayError(
-            f"{root} is not a phantom: no readable {MANIFEST} ({type(error).__name__}). Only folders written by "
-            f"helpers.phantom.generate can be rendered again."
+            f"{root} is not a phantom: {why}. Only folders written by helpers.phantom.generate can be rendered again."
         ) from None
     if manifest.get("version") != VERSION:
         raise ReplayError(
@@ -238,6 +237,9 @@ def _check_csv(root: Path, split: str, frame: pd.DataFrame) -> None:
         written = pd.read_csv(root / f"{split}.csv")
     except FileNotFoundError:
         raise ReplayError(f"{root} has a {MANIFEST} but no {split}.csv: an incomplete phantom.") from None
+    missing = [name for name in ("Path", *PATHOLOGIES) if name not in written.columns]
+    if missing:
+        raise ReplayError(f"{root}/{split}.csv has no column {', '.join(map(repr, missing))}: not the phantom's CSV.")
     same = (
         len(written) == len(frame)
         and (written["Path"].to_numpy() == frame["Path"].to_numpy()).all()

@@ -63,8 +63,10 @@ def support(change: np.ndarray) -> np.ndarray:
 
     The pixels the finding changes by more than :data:`MASK_THRESHOLD` of its own peak, widened by one
     pixel for the detector blur (its 5-tap kernel moves 1/4 of a pixel's signal one pixel away and only
-    1/16 two pixels away), so thin lines (tubes, rib breaks) keep their blurred rim inside the mask without
-    inflating small findings. A boolean dilation costs a fraction of blurring the change itself.
+    1/16 two pixels away), so thin lines (tubes, rib breaks) keep the first ring of their blurred rim inside the
+    mask without inflating small findings. The faint second ring stays outside: for a support device about a fifth
+    of the pixels it changes by 2 grey levels or more (``tests/test_counterfactual.py``). A boolean dilation costs
+    a fraction of blurring the change itself.
     """
     peak = change.max(axis=(1, 2), keepdims=True)
     return dilate(change > MASK_THRESHOLD * np.maximum(peak, 1e-6), radius=1)

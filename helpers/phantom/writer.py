@@ -102,17 +102,17 @@ def generate(
             f"Need n_images >= 1, n_valid >= 1 and image_size, height >= 32; "
             f"got {n_images}, {n_valid}, {image_size}, {height}."
         )
-    manifest = {
-        "n_images": n_images,
-        "n_valid": n_valid,
-        "image_size": image_size,
-        "seed": seed,
-        "min_prevalence": min_prevalence,
-        "jpeg_quality": jpeg_quality,
+    manifest = {  # plain Python numbers: a numpy integer would fail in json.dumps only after the whole rendering
+        "n_images": int(n_images),
+        "n_valid": int(n_valid),
+        "image_size": int(image_size),
+        "seed": int(seed),
+        "min_prevalence": float(min_prevalence),
+        "jpeg_quality": int(jpeg_quality),
         "version": VERSION,
     }
     if height != image_size:  # only then: square phantoms keep their manifest, hence stay reused
-        manifest["height"] = height
+        manifest["height"] = int(height)
     if marker is not None:  # likewise: phantoms without a marker keep their manifest
         manifest["marker"] = marker.to_dict()
     if _existing_manifest(root) == manifest:
@@ -191,15 +191,27 @@ def _sample_split(split: str, n: int, first_patient: int, rng: np.random.Generat
     return SplitPlan(frame, patient, scene, drawing_strength(codes, rng))
 
 
+def read_manifest(root: Path) -> dict:
+    """``root``'s phantom manifest; :class:`ValueError` saying why where ``root`` holds none (no folder, no file,
+    not JSON, or JSON that is not a phantom's manifest: a folder with another tool's ``phantom.json``)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError) as error:
+        raise ValueError(f"no readable {MANIFEST} ({type(error).__name__})") from None
+    if not isinstance(manifest, dict) or "version" not in manifest:  # every phantom version's manifest has one
+        raise ValueError(f"its {MANIFEST} is not a phantom's (a JSON object with a version)")
+    return manifest
+
+
 def _existing_manifest(root: Path) -> dict | None:
     if not root.exists():
         return None
     try:
-        return json.loads((root / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_manifest(root)
+    except ValueError as why:  # only a phantom is ever replaced: anything else may be someone's data
         raise FileExistsError(
-            f"{root} exists and is not a complete phantom (no readable {MANIFEST}); "
-            f"refusing to overwrite it. Remove it or choose another folder."
+            f"{root} exists and is not a complete phantom ({why}); refusing to overwrite it. Remove it or choose "
+            f"another folder."
         ) from None
 
 
