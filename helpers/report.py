@@ -80,7 +80,8 @@ def results_markdown(run: Run) -> str:
         "by patient, Holm-corrected Wilcoxon p over every method x metric):",
         _markdown(pooled_with_differences(summary, versus_reference, ["hit", "mass_accuracy", "iou"], methods)),
         "**Granularity against the ground truth** (paired differences, method minus Grad-CAM at the named layer, "
-        "Holm-corrected over the table's family, which also counts the resolution in px and the Gini index: gap = "
+        "Holm-corrected over the table's gaps, F1s and separations (the resolution in px and the Gini index, which "
+        "have no better direction, are corrected apart): gap = "
         "resolution gap to the mask in px, lower is better, over the maps that are not flat (a flat map, e.g. a "
         "Grad-CAM map all zero after its ReLU, has no resolution or Gini index and leaves their pairs); F1 = "
         "boundary F-score and sep. = separation of two findings, higher is better):",
