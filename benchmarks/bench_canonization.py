@@ -1,5 +1,5 @@
 """Does the canonization level change what LRP shows? Localisation and faithfulness of two composites at
-levels 1-3 on the default profile's 48 explained test images (needs ``make run`` first: it reads the trained
+levels 1-3 on the default profile's explained test images (needs ``make run`` first: it reads the trained
 model and prepared data from ``runs/default``).
 
 Run: ``python benchmarks/bench_canonization.py [--pairs 60]``.

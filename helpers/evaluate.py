@@ -98,6 +98,7 @@ def evaluate(
     never an error.
     """
     mask = np.ones_like(targets) if mask is None else mask
+    _check_evaluated(probs, targets, mask, pathologies)
     point = _metric_matrix(probs, targets, mask)
     boots = bootstrap_metric_matrix(probs, targets, mask, n_boot, seed, patients) if n_boot else None
     rows = []
@@ -113,8 +114,28 @@ def evaluate(
             value = point[m, defined].mean() if defined else np.nan
             # each resample averages the same classes (NaN where it lacks one): the CI is the value's
             spread = None if boots is None or not defined else boots[:, m, defined].mean(axis=1)
-            rows.append(_row(macro, metric, value, spread, None, None, ""))
+            left_out = [pathologies[j] for j in index if j not in defined]
+            note = f"mean of {len(defined)} of {len(index)}; without {', '.join(left_out)}" if left_out else ""
+            rows.append(_row(macro, metric, value, spread, None, None, note))
     return pd.DataFrame(rows)
+
+
+def _check_evaluated(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, pathologies: Sequence[str]) -> None:
+    """Clear errors for inputs that would score silently wrong: columns that are not ``pathologies``, or targets
+    that are raw CheXpert codes (-1, blank) rather than 0/1 where the mask counts them."""
+    expected = (len(targets), len(pathologies))
+    if np.shape(probs) != expected or np.shape(targets) != expected or np.shape(mask) != expected:
+        raise ValueError(
+            f"probs {np.shape(probs)}, targets {np.shape(targets)} and mask {np.shape(mask)} must all be (images, "
+            f"{len(pathologies)}): one column per pathology named, in that order."
+        )
+    counted = np.asarray(targets)[np.asarray(mask) > 0]
+    other = counted[~np.isin(counted, (0, 1))]
+    if len(other):
+        raise ValueError(
+            f"targets must be 0 or 1 where the mask counts them; found {sorted(set(other.tolist()))[:3]}: turn "
+            f"CheXpert codes into targets and a mask first (helpers.data.apply_policy)."
+        )
 
 
 def _metric_matrix(probs, targets, mask) -> np.ndarray:

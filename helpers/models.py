@@ -225,8 +225,8 @@ def _imagenet_state_dict(arch: str, weights) -> dict:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[arch]
     if cached.is_file():  # what torchvision would read; a broken one is a broken file, not a network problem
         return _read_weights_file(cached, arch)
-    try:
-        return IMAGENET_WEIGHTS[arch].get_state_dict(progress=False)
+    try:  # torch.hub's public function, looked up at the call (torchvision's copy is bound at its import)
+        return torch.hub.load_state_dict_from_url(IMAGENET_WEIGHTS[arch].url, progress=False)
     except (OSError, RuntimeError) as error:  # URLError is an OSError: offline
         raise RuntimeError(
             f"Could not load ImageNet weights for {arch} ({error}). This machine seems offline. Download "

@@ -162,6 +162,10 @@ def test_bad_folders_and_arguments(tmp_path, small_phantom, replayed, frame):
         phantom.render_without(replayed, ["patient99999_study1_view1_frontal"], "all")
     with pytest.raises(ValueError, match="one per image"):
         phantom.render_without(replayed, one, ["Edema", "Fracture"])
+    with pytest.raises(ValueError, match="remove must be a finding's name or a sequence of names; got None"):
+        phantom.render_without(replayed, one, None)
+    with pytest.raises(ValueError, match=r"remove\[0\] must be a finding's name .*got 3"):
+        phantom.render_without(replayed, one, [3])
 
 
 class SquareModel(nn.Module):

@@ -1,3 +1,4 @@
+import gzip
 import json
 import os
 import shutil
@@ -67,6 +68,29 @@ def test_unparseable_csv(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage\x00\x00")
     with pytest.raises(data.DatasetError, match="train.csv"):
         data.read_chexpert_csv(path)
+
+
+def test_a_gzipped_csv_cut_short_or_corrupted_names_the_file(small_phantom, tmp_path):
+    """pandas decompresses by suffix: a download cut short raised a bare EOFError, corrupt bytes a zlib.error."""
+    packed = gzip.compress((small_phantom / "train.csv").read_bytes())
+    cut, corrupt = tmp_path / "cut.csv.gz", tmp_path / "corrupt.csv.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    corrupt.write_bytes(packed[:20] + bytes(b ^ 0x5A for b in packed[20:200]) + packed[200:])
+    for path in (cut, corrupt):
+        with pytest.raises(data.DatasetError, match=f"Cannot parse {path}"):
+            data.read_chexpert_csv(path)
+
+
+def test_a_test_split_sharing_patients_with_training_is_refused(phantom_copy, tmp_path):
+    train = pd.read_csv(phantom_copy / "train.csv")
+    test = pd.read_csv(phantom_copy / "valid.csv")
+    leaked = test.iloc[[0]].assign(Path=train["Path"].iat[0].replace("view1", "view9"))  # a training patient
+    pd.concat([test, leaked]).to_csv(phantom_copy / "valid.csv", index=False)
+    patient = train["Path"].iat[0].split("/")[2]
+    expected = rf"1 patient\(s\) have images in both .*train.csv .*\(e.g. {patient}\)"
+    with pytest.raises(data.DatasetError, match=expected):
+        data.prepare(phantom_copy, tmp_path / "cache", 32)
+    assert not (tmp_path / "cache" / "index.csv").exists()
 
 
 # ------------------------------------------------------------------ policies

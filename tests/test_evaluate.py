@@ -36,6 +36,26 @@ def test_evaluate_matches_scikit_learn_and_reports_missing():
     assert again.equals(table)
 
 
+def test_a_macro_says_which_pathologies_it_leaves_out_and_bad_targets_are_refused():
+    probs, targets = _scores()
+    table = evaluate.evaluate(probs, targets, n_boot=0).set_index(["metric", "pathology"])
+    edema = labels.PATHOLOGIES[5]
+    assert table.loc[("AUROC", "macro (14)"), "note"] == f"mean of 13 of 14; without {edema}"
+    assert table.loc[("AP", "macro (competition)"), "note"] == f"mean of 4 of 5; without {edema}"
+    full = targets.copy()
+    full[:10, 5] = 1
+    assert (evaluate.evaluate(probs, full, n_boot=0).query("pathology.str.startswith('macro')")["note"] == "").all()
+    codes = targets.copy()
+    codes[:5, 0] = -1  # raw CheXpert codes: -1 would count as a negative "positive" sum, or an sklearn error
+    with pytest.raises(ValueError, match=r"targets must be 0 or 1 where the mask counts them; found \[-1.0\]"):
+        evaluate.evaluate(probs, codes, n_boot=0)
+    masked = np.ones_like(codes)
+    masked[:5, 0] = 0
+    assert len(evaluate.evaluate(probs, codes, masked, n_boot=0))  # -1 where the mask leaves it out is fine
+    with pytest.raises(ValueError, match="one column per pathology named"):
+        evaluate.evaluate(probs, targets, pathologies=labels.COMPETITION, n_boot=0)
+
+
 def test_a_macro_ci_averages_the_same_pathologies_as_its_value():
     """A rare pathology (1 positive in 100, AUROC 1) is absent from about a third of the resamples; averaging the
     others alone there would drag the interval far below the value, which always includes it."""

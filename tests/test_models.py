@@ -57,12 +57,16 @@ def test_unknown_architecture_and_offline_weights(monkeypatch, tmp_path):
         models.build_model("vgg16")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty hub cache: forces a download attempt
 
-    def offline(*args, **kwargs):
+    asked = []
+
+    def offline(url, *args, **kwargs):  # the test never downloads, online or not: the stub must be what is called
+        asked.append(url)
         raise OSError("network unreachable")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match="offline.*densenet121-a639ec97.pth"):
         models.build_model("densenet121", weights="imagenet")
+    assert asked == [models.IMAGENET_WEIGHTS["densenet121"].url]
 
 
 def test_weights_from_a_file(tmp_path):

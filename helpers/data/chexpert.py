@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,9 @@ def read_chexpert_csv(path: str | os.PathLike) -> pd.DataFrame:
         )
     try:
         frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as error:
-        raise DatasetError(f"Cannot parse {path} as CSV ({error}); re-export or re-download it.") from error
+    # EOFError, zlib.error: a .csv.gz cut short or corrupted (pandas decompresses it by its suffix)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, zlib.error, OSError) as e:
+        raise DatasetError(f"Cannot parse {path} as CSV ({e}); re-export or re-download it.") from e
     missing = [c for c in (*labels.META_COLUMNS, *labels.PATHOLOGIES) if c not in frame.columns]
     if missing:
         raise DatasetError(

@@ -203,6 +203,17 @@ def _has_localisable_finding(rows: pd.DataFrame) -> np.ndarray:
     return (rows[list(labels.LOCALISABLE)] == 1).any(axis=1).to_numpy()
 
 
+def _check_no_shared_patients(root: Path, train: pd.DataFrame, test: pd.DataFrame) -> None:
+    """Refuse a ``valid.csv`` (the test split) with patients of ``train.csv``: their images are not independent of the
+    training images, so test scores would be inflated (CheXpert's own two files share none)."""
+    shared = sorted(set(patient_ids(train)) & set(patient_ids(test)))
+    if shared:
+        raise DatasetError(
+            f"{len(shared)} patient(s) have images in both {root / 'train.csv'} and {root / 'valid.csv'} (e.g. "
+            f"{shared[0]}): the test split must hold other patients. Move their rows into one of the two files."
+        )
+
+
 def prepare(
     root: str | os.PathLike,
     cache_dir: str | os.PathLike,
@@ -229,6 +240,7 @@ def prepare(
     test = read_chexpert_csv(root / "valid.csv")
     if frontal:
         train, test = frontal_only(train), frontal_only(test)
+    _check_no_shared_patients(root, train, test)
     train = train.assign(split=split_by_patient(train, val_fraction, seed=seed).to_numpy())
     frame = pd.concat([train, test.assign(split="test")], ignore_index=True)
     frame["image_id"] = image_ids(frame)

@@ -338,15 +338,25 @@ def render_without(
 
 def _removed_columns(remove, n: int) -> np.ndarray:
     """Bool ``(n, 14)``: which findings (columns 0-12) and whether the marker (column 13) to remove from each image."""
-    per_image = [remove] * n if isinstance(remove, str) else list(remove)
+    per_image = [remove] * n if isinstance(remove, str) else _names(remove, "remove")
     if len(per_image) != n:
         raise ValueError(f"remove has {len(per_image)} entries for {n} images; give one per image, or one name.")
     columns = np.zeros((n, len(FINDINGS) + 1), bool)
     for i, names in enumerate(per_image):
-        names = _checked([names] if isinstance(names, str) else list(names))
+        names = _checked(_names(names, f"remove[{i}]"))
         columns[i, :-1] = True if ALL in names else np.isin(FINDINGS, names)
         columns[i, -1] = MARKER in names
     return columns
+
+
+def _names(value, what: str) -> list:
+    """``value`` as a list of names: one name, or a sequence of them; a clear error for anything else."""
+    if isinstance(value, str):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(f"{what} must be a finding's name or a sequence of names; got {value!r}.") from None
 
 
 def _checked(names: list[str]) -> list[str]:
