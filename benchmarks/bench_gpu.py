@@ -311,7 +311,8 @@ def notebook_02(run: Run, timer: Timer) -> None:
     with timer.step("02", "test prediction", len(test_set)):
         probs = evaluate.predict(model, test_set)
     with timer.step("02", f"bootstrap AUROC and AP ({run.profile.n_boot} resamples)", len(test_set)):
-        evaluate.evaluate(probs, test_set.targets, test_set.loss_mask, n_boot=run.profile.n_boot)
+        patients = run.data().patients("test")  # as notebook 02 resamples: a patient's images together
+        evaluate.evaluate(probs, test_set.targets, test_set.loss_mask, n_boot=run.profile.n_boot, patients=patients)
 
 
 def notebook_03(run: Run, timer: Timer) -> None:
